@@ -1,0 +1,55 @@
+# overlayboot — two commands set up a fresh Debian 12 machine (as root):
+#   make demo   installs what it needs and shows an overlay at work
+#   make test   installs what it needs and runs lint, types and the tests
+SHELL := /bin/bash
+PYTHON_SYS ?= /usr/bin/python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
+	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux
+
+.PHONY: all deps apt venv test lint typecheck pytest demo bench clean
+
+all: test
+
+apt: $(VENV)/.apt-stamp
+$(VENV)/.apt-stamp:
+	@if [ "$$(id -u)" = 0 ]; then \
+	  missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "apt: installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: skipping apt (needs: $(APT_PACKAGES))"; fi
+	@mkdir -p $(VENV) && touch $@
+
+venv: $(VENV)/.pip-stamp
+$(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+deps: apt venv
+
+lint: deps
+	$(VENV)/bin/ruff check overlayboot mkimage tests bench
+	$(VENV)/bin/ruff format --check overlayboot mkimage tests bench
+
+typecheck: deps
+	$(VENV)/bin/mypy overlayboot mkimage
+
+pytest: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: deps
+	$(PY) -m overlayboot demo
+
+bench: deps
+	$(PY) bench/run.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m overlayboot``: the same as the ``overlayboot`` command."""
+
+from overlayboot.cli import main
+
+main()

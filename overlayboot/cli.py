@@ -1,0 +1,171 @@
+"""The ``overlayboot`` command: one click group; domain errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import wraps
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import click
+
+from overlayboot.errors import MountError, OverlaybootError, UsageError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _fail(exc: OverlaybootError) -> None:
+    click.echo(f"overlayboot: error: {exc.line()}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def domain_errors(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn :class:`OverlaybootError` into a one-line message and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except OverlaybootError as exc:
+            _fail(exc)
+            raise AssertionError("unreachable") from exc
+        except KeyboardInterrupt:
+            click.echo("overlayboot: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="overlayboot")
+def cli() -> None:
+    """overlayboot: a writable live system over read-only media."""
+
+
+@cli.command("mount")
+@click.option("--lower", "lower", help="Lower dirs, top first: DIR[:DIR...].")
+@click.option("--upper", type=click.Path(path_type=Path), help="Upper (writable) dir.")
+@click.option("--work", type=click.Path(path_type=Path), help="Work dir, on the upper's fs.")
+@click.option(
+    "-o",
+    "options",
+    multiple=True,
+    help="Mount options, kernel syntax: lowerdir=A:B,upperdir=U,workdir=W[,allow_other,...].",
+)
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
+@click.option("--log", "log_file", type=click.Path(path_type=Path), help="Daemon log file.")
+@click.option("--debug", is_flag=True, help="Log every failed request.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds the kernel may cache entries and attributes.",
+)
+@click.argument("args", nargs=-1, type=click.Path(path_type=Path))
+@domain_errors
+def mount_cmd(
+    lower: str | None,
+    upper: Path | None,
+    work: Path | None,
+    options: tuple[str, ...],
+    foreground: bool,
+    log_file: Path | None,
+    debug: bool,
+    timeout: float,
+    args: tuple[Path, ...],
+) -> None:
+    """Mount an overlay at MOUNTPOINT ([SOURCE] MOUNTPOINT, SOURCE is ignored as in mount -t)."""
+    from overlayboot.fs.config import (
+        OverlayConfig,
+        check_config,
+        check_mountpoint,
+        parse_mount_options,
+        split_lowerdir,
+    )
+
+    if not args or len(args) > 2:
+        raise UsageError("give the mount point: overlayboot mount [options] MOUNTPOINT")
+    mountpoint = args[-1]
+    ours, rest = parse_mount_options(options)
+    lower = lower or ours.get("lowerdir")
+    upper_s = upper or (Path(ours["upperdir"]) if "upperdir" in ours else None)
+    work_s = work or (Path(ours["workdir"]) if "workdir" in ours else None)
+    if not lower:
+        raise UsageError("no lower dir: --lower DIR[:DIR...] or -o lowerdir=...")
+    if upper_s is None or work_s is None:
+        raise UsageError("the upper and work dirs are required: --upper DIR --work DIR")
+    rest = frozenset(o for o in rest if o not in ("rw", "defaults", "nofail", "_netdev"))
+    cfg = check_config(
+        OverlayConfig(
+            lowers=split_lowerdir(lower),
+            upper=upper_s,
+            work=work_s,
+            timeout=timeout,
+            options=rest,
+        )
+    )
+    mnt = check_mountpoint(mountpoint)
+    from overlayboot.fs.daemon import serve
+
+    serve(cfg, mnt, foreground=foreground, log_file=log_file, debug=debug)
+
+
+@cli.command("umount")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.argument("mountpoint", type=click.Path(path_type=Path))
+@domain_errors
+def umount_cmd(mountpoint: Path, timeout: float) -> None:
+    """Unmount an overlayboot mount and wait for its daemon to finish."""
+    from overlayboot.fs.daemon import pid_file
+    from overlayboot.run import run
+
+    mnt = mountpoint.resolve()
+    if not os.path.ismount(mnt):
+        raise MountError(f"{mnt} is not a mount point")
+    pidf = pid_file(mnt)
+    pid = None
+    if pidf.exists():
+        try:
+            pid = int(pidf.read_text().strip())
+        except ValueError:
+            pid = None
+    if os.geteuid() == 0:
+        run(["umount", str(mnt)])
+    else:
+        run(["fusermount3", "-u", str(mnt)])
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise MountError(f"the daemon (pid {pid}) of {mnt} has not exited after {timeout} s")
+
+
+@cli.command("demo")
+@click.option("--dir", "base", type=click.Path(path_type=Path), default=Path("build/demo"))
+@domain_errors
+def demo_cmd(base: Path) -> None:
+    """Mount a demo overlay over a squashfs lower and show copy-up, whiteouts and persistence."""
+    from overlayboot.demo import run_demo
+
+    run_demo(base)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="overlayboot: %(message)s")
+    cli.main(args=list(argv) if argv is not None else None, prog_name="overlayboot")
+
+
+def mount_helper() -> None:
+    """``mount.fuse.overlayboot SOURCE MOUNTPOINT -o OPTS``: what mount(8) runs for fstab."""
+    main(["mount", *sys.argv[1:]])

@@ -1,0 +1,47 @@
+"""Domain exceptions: raised inside the package, turned into exit codes only by the CLI."""
+
+from __future__ import annotations
+
+
+class OverlaybootError(Exception):
+    """A user-facing failure: one line saying what is wrong, and optionally what to do.
+
+    ``exit_code`` is what the CLI exits with; subclasses pick their own.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def line(self) -> str:
+        """The single line shown to the user."""
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class UsageError(OverlaybootError):
+    """Bad arguments or options."""
+
+    exit_code = 2
+
+
+class ConfigError(OverlaybootError):
+    """The layers given cannot form an overlay (missing dirs, overlap, unsupported fs)."""
+
+    exit_code = 3
+
+
+class MountError(OverlaybootError):
+    """Mounting or unmounting failed (busy mount point, no /dev/fuse, ...)."""
+
+    exit_code = 4
+
+
+class ToolError(OverlaybootError):
+    """An external tool is missing or failed."""
+
+    exit_code = 5

@@ -1,0 +1,171 @@
+"""The overlay's state and its read-side operations, with no FUSE in sight.
+
+:class:`Overlay` holds the configuration, the lower layers, the node table and
+the lock that serialises changes to the upper; it resolves names to nodes and
+nodes to real paths. Changing operations live in ``copyup`` and ``dirops``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+
+import trio
+
+from overlayboot.fs.config import OverlayConfig
+from overlayboot.fs.inodes import TAG_UPPER, InodeTable, Node, lower_tag, make_ino
+from overlayboot.fs.layers import LowerLayer
+from overlayboot.fs.lookup import Resolved, lookup
+from overlayboot.fs.readdir import merged_names
+from overlayboot.fs.whiteout import decode_origin, getxattr
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The attributes the kernel sees for a node (the real file's, with our inode number)."""
+
+    ino: int
+    st: os.stat_result
+    nlink: int
+
+
+class Overlay:
+    """One mounted overlay: layers, nodes, and the lock for upper-layer changes."""
+
+    def __init__(self, cfg: OverlayConfig) -> None:
+        self.cfg = cfg
+        self.names = cfg.xattrs
+        self.upper_root = os.fsencode(cfg.upper)
+        self.scratch = os.fsencode(cfg.scratch)
+        self.layers = [
+            LowerLayer(i, os.fsencode(p), cfg.xattrs) for i, p in enumerate(cfg.lowers)
+        ]
+        self.table = InodeTable()
+        self.lock = trio.Lock()
+        self._tmp_seq = 0
+        self.path_copyups = 0  # bumped when a copy-up creates upper dirs for nodes it did not see
+        root = self.table.root
+        root.upper = True
+        root.lowers = tuple((i, b"") for i in range(len(self.layers)))
+        self._root_ino_real = os.lstat(self.upper_root).st_ino
+        self.hardlink_maps: dict[int, dict[int, list[bytes]]] = {}
+
+    # ---------------------------------------------------------------- setup
+
+    def prepare_scratch(self) -> None:
+        """Create the scratch dir in the work dir; remove what a crash left there."""
+        os.makedirs(self.scratch, exist_ok=True)
+        for name in os.listdir(self.scratch):
+            if name.startswith("tmp."):
+                path = os.path.join(self.scratch, os.fsencode(name))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+
+    def tmp_path(self) -> bytes:
+        self._tmp_seq += 1
+        return b"%s/tmp.%d.%d" % (self.scratch, os.getpid(), self._tmp_seq)
+
+    # ---------------------------------------------------------------- paths
+
+    def upper_path(self, node: Node) -> bytes:
+        rel = node.path()
+        if rel is None:
+            raise OSError(errno.ENOENT, "unlinked")
+        return self.upper_root + b"/" + rel if rel else self.upper_root
+
+    def upper_child(self, parent: Node, name: bytes) -> bytes:
+        return self.upper_path(parent) + b"/" + name
+
+    def lower_path(self, node: Node) -> bytes:
+        if not node.lowers:
+            raise OSError(errno.ENOENT, "no lower")
+        idx, rel = node.lowers[0]
+        return self.layers[idx].path(rel)
+
+    def real_path(self, node: Node) -> bytes:
+        """Where the node's data and attributes are read from: upper if copied up."""
+        if node.upper:
+            return self.upper_path(node)
+        return self.lower_path(node)
+
+    def has_upper(self, node: Node) -> bool:
+        """``node.upper``, refreshed if a path-based copy-up may have created it."""
+        if not node.upper and self.path_copyups and node.is_dir:
+            try:
+                if stat.S_ISDIR(os.lstat(self.upper_path(node)).st_mode):
+                    node.upper = True
+            except OSError:
+                pass
+        return node.upper
+
+    # ---------------------------------------------------------------- lookup
+
+    def resolve(self, parent: Node, name: bytes) -> Resolved | None:
+        if not parent.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        parent_upper = self.upper_path(parent) if self.has_upper(parent) else None
+        return lookup(self.layers, self.names, parent_upper, parent.lowers, name)
+
+    def ino_of(self, res: Resolved, upper_path: bytes) -> int:
+        if res.upper is not None:
+            origin = decode_origin(getxattr(upper_path, self.names.origin))
+            if origin is not None and 0 <= origin[0] < len(self.layers):
+                return make_ino(lower_tag(origin[0]), origin[1])
+            if res.is_dir and res.lowers:
+                idx, rel = res.lowers[0]
+                return make_ino(lower_tag(idx), self.layers[idx].lstat(rel).st_ino)
+            return make_ino(TAG_UPPER, res.upper.st_ino)
+        idx, rel = res.lowers[0]
+        return make_ino(lower_tag(idx), self.layers[idx].lstat(rel).st_ino)
+
+    def child(self, parent: Node, name: bytes) -> Node | None:
+        """Resolve ``parent/name`` to a node (created or refreshed), None if absent."""
+        res = self.resolve(parent, name)
+        if res is None:
+            return None
+        upath = self.upper_child(parent, name) if res.upper is not None else b""
+        ino = self.ino_of(res, upath)
+        node = self.table.node_for(ino, res.is_dir, parent, name)
+        self.apply(node, res)
+        return node
+
+    def apply(self, node: Node, res: Resolved) -> None:
+        node.upper = res.upper is not None
+        if node.is_dir or not node.upper or not node.lowers:
+            node.lowers = res.lowers
+        node.opaque = res.opaque
+        node.redirect = res.redirect
+
+    def require_child(self, parent: Node, name: bytes) -> Node:
+        node = self.child(parent, name)
+        if node is None:
+            raise OSError(errno.ENOENT, "no such entry")
+        return node
+
+    def node(self, ino: int) -> Node:
+        node = self.table.get(ino)
+        if node is None:
+            raise OSError(errno.ESTALE, "unknown inode")
+        return node
+
+    # ---------------------------------------------------------------- attributes
+
+    def stat(self, node: Node) -> Stat:
+        st = os.lstat(self.real_path(node))
+        nlink = st.st_nlink
+        if node.is_dir and node.upper and node.lowers and not node.opaque:
+            nlink = 1  # a merged directory: overlayfs cannot count its links either
+        return Stat(node.ino, st, nlink)
+
+    def listing(self, node: Node) -> list[bytes]:
+        upper = self.upper_path(node) if self.has_upper(node) else None
+        lowers = () if node.opaque else node.lowers
+        return merged_names(self.layers, upper, lowers)

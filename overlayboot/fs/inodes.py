@@ -1,0 +1,200 @@
+"""Stable inode numbers and the table of nodes the kernel knows about.
+
+An inode number is ``(layer tag << 56) | real inode``: tag 1 for a file born in
+the upper, ``2 + i`` for one that comes from lower layer ``i``. A copied-up file
+keeps its lower number (its origin is recorded in ``overlayboot.origin``), so a
+number survives copy-up and remount and never collides between layers (what
+overlayfs calls ``xino``). The root is always 1 (the FUSE root).
+
+A :class:`Node` is one inode the kernel holds (lookup count > 0) or one that
+is the parent of such an inode. It knows its merged names (a primary name plus
+aliases for hard links), whether the upper has it, and its lower merge stack.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+from overlayboot.fs.lookup import LowerRef
+
+ROOT_INO = 1
+TAG_SHIFT = 56
+REAL_MASK = (1 << TAG_SHIFT) - 1
+TAG_UPPER = 1
+TAG_DYNAMIC = 0xFF
+
+
+def make_ino(tag: int, real_ino: int) -> int:
+    return (tag << TAG_SHIFT) | real_ino
+
+
+def lower_tag(layer: int) -> int:
+    return 2 + layer
+
+
+class Node:
+    """One merged inode. Mutable: copy-up, rename and unlink change it in place."""
+
+    __slots__ = (
+        "aliases",
+        "dead",
+        "handles",
+        "ino",
+        "is_dir",
+        "lowers",
+        "name",
+        "nchildren",
+        "nlookup",
+        "opaque",
+        "parent",
+        "redirect",
+        "upper",
+    )
+
+    def __init__(self, ino: int, is_dir: bool) -> None:
+        self.ino = ino
+        self.is_dir = is_dir
+        self.parent: Node | None = None
+        self.name = b""
+        self.aliases: list[tuple[Node, bytes]] = []
+        self.upper = False
+        self.lowers: tuple[LowerRef, ...] = ()
+        self.opaque = False
+        self.redirect: bytes | None = None
+        self.nlookup = 0
+        self.nchildren = 0
+        self.handles = 0
+        self.dead = False  # its upper object is gone: the number may be recycled
+
+    def __repr__(self) -> str:
+        return f"<Node {self.ino:#x} {self.path()!r} upper={self.upper} lowers={self.lowers}>"
+
+    def path(self) -> bytes | None:
+        """The merged path relative to the root (b"" for the root); None once unlinked."""
+        if self.ino == ROOT_INO:
+            return b""
+        if self.parent is None:
+            return None
+        parts = [self.name]
+        node = self.parent
+        while node.ino != ROOT_INO:
+            if node.parent is None:
+                return None
+            parts.append(node.name)
+            node = node.parent
+        parts.reverse()
+        return b"/".join(parts)
+
+    def names(self) -> Iterator[tuple[Node, bytes]]:
+        if self.parent is not None:
+            yield self.parent, self.name
+        yield from self.aliases
+
+    def lower_path(self) -> bytes | None:
+        """The path this node has in its top lower layer, if any."""
+        return self.lowers[0][1] if self.lowers else None
+
+
+class InodeTable:
+    """ino -> Node, with lookup counts and parent links kept consistent."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self._dynamic = itertools.count(1)
+        self.overrides: dict[int, int] = {}
+        root = Node(ROOT_INO, True)
+        root.nlookup = 1
+        self.nodes[ROOT_INO] = root
+
+    @property
+    def root(self) -> Node:
+        return self.nodes[ROOT_INO]
+
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def dynamic_ino(self) -> int:
+        return make_ino(TAG_DYNAMIC, next(self._dynamic))
+
+    def node_for(self, ino: int, is_dir: bool, parent: Node, name: bytes) -> Node:
+        """The node with ``ino``, created if needed, known under ``parent/name``."""
+        ino = self.overrides.get(ino, ino)
+        node = self.nodes.get(ino)
+        if node is not None and (node.dead or node.is_dir != is_dir):
+            # The number now names another object (a recycled upper inode while the old
+            # one is still open, unlinked): give the new object a number of its own.
+            new_ino = self.dynamic_ino()
+            self.overrides[ino] = new_ino
+            ino = new_ino
+            node = None
+        if node is None:
+            node = Node(ino, is_dir)
+            self.nodes[ino] = node
+        self.add_name(node, parent, name)
+        return node
+
+    def add_name(self, node: Node, parent: Node, name: bytes) -> None:
+        if node.parent is parent and node.name == name:
+            return
+        if any(p is parent and n == name for p, n in node.aliases):
+            return
+        if node.parent is None:
+            node.parent, node.name = parent, name
+        elif node.is_dir:
+            # a directory has one name: the kernel has moved it
+            self._unref_parent(node.parent)
+            node.parent, node.name = parent, name
+        else:
+            node.aliases.append((parent, name))
+        parent.nchildren += 1
+
+    def remove_name(self, node: Node, parent: Node, name: bytes) -> None:
+        """``parent/name`` no longer names ``node`` (unlink, rename away)."""
+        if node.parent is parent and node.name == name:
+            if node.aliases:
+                node.parent, node.name = node.aliases.pop(0)
+            else:
+                node.parent, node.name = None, b""
+        else:
+            before = len(node.aliases)
+            node.aliases = [(p, n) for p, n in node.aliases if not (p is parent and n == name)]
+            if len(node.aliases) == before:
+                return
+        self._unref_parent(parent)
+        self._maybe_free(node)
+
+    def move_name(self, node: Node, old: tuple[Node, bytes], new: tuple[Node, bytes]) -> None:
+        """A rename: the name ``old`` of ``node`` becomes ``new``."""
+        new_parent, new_name = new
+        old_parent, old_name = old
+        if node.parent is old_parent and node.name == old_name:
+            node.parent, node.name = new_parent, new_name
+        else:
+            node.aliases = [
+                (new_parent, new_name) if (p is old_parent and n == old_name) else (p, n)
+                for p, n in node.aliases
+            ]
+        new_parent.nchildren += 1
+        self._unref_parent(old_parent)
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.nlookup = max(0, node.nlookup - count)
+        self._maybe_free(node)
+
+    def _unref_parent(self, parent: Node) -> None:
+        parent.nchildren = max(0, parent.nchildren - 1)
+        self._maybe_free(parent)
+
+    def _maybe_free(self, node: Node) -> None:
+        if node.ino == ROOT_INO or node.nlookup > 0 or node.nchildren > 0 or node.handles > 0:
+            return
+        if self.nodes.get(node.ino) is not node:
+            return
+        del self.nodes[node.ino]
+        for parent, _ in list(node.names()):
+            self._unref_parent(parent)
+        node.parent, node.aliases = None, []

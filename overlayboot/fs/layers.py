@@ -1,0 +1,119 @@
+"""The read-only lower layers, with a cache of their directory listings.
+
+Lower layers never change while mounted (overlayfs makes the same demand), so
+each lower directory is read once: its entries and their types, the names it
+whites out (char 0/0, legacy ``.wh.NAME``, xattr whiteouts) and its own
+opaque and redirect markers.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from overlayboot.fs.whiteout import (
+    LEGACY_OPAQUE,
+    LEGACY_PREFIX,
+    XattrNames,
+    get_redirect,
+    is_whiteout_stat,
+    is_xattr_whiteout,
+    opaque_value,
+)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    """Join relative paths (``b""`` is the layer root)."""
+    return parent + b"/" + name if parent else name
+
+
+def split(rel: bytes) -> tuple[bytes, bytes]:
+    """``a/b/c`` -> (``a/b``, ``c``)."""
+    head, _, tail = rel.rpartition(b"/")
+    return head, tail
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One lower directory as read from disk."""
+
+    entries: dict[bytes, bool]  # visible name -> is a directory
+    whiteouts: frozenset[bytes]
+    opaque: bool
+    redirect: bytes | None
+
+
+class LowerLayer:
+    """One read-only lower layer: a root directory and a listing cache."""
+
+    def __init__(self, index: int, root: bytes, names: XattrNames) -> None:
+        self.index = index
+        self.root = root.rstrip(b"/") or b"/"
+        self.names = names
+        self._cache: dict[bytes, Listing | None] = {}
+
+    def path(self, rel: bytes) -> bytes:
+        if not rel:
+            return self.root
+        return self.root + b"/" + rel if self.root != b"/" else b"/" + rel
+
+    def listing(self, rel: bytes) -> Listing | None:
+        """The listing of directory ``rel``, or None if it is not a directory."""
+        try:
+            return self._cache[rel]
+        except KeyError:
+            pass
+        result = self._read(rel)
+        self._cache[rel] = result
+        return result
+
+    def _read(self, rel: bytes) -> Listing | None:
+        path = self.path(rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        opq = opaque_value(path, self.names)
+        entries: dict[bytes, bool] = {}
+        whiteouts: set[bytes] = set()
+        opaque = opq == b"y"
+        try:
+            it = os.scandir(path)
+        except OSError:
+            return Listing({}, frozenset(), opaque, None)
+        with it:
+            for ent in it:
+                name = os.fsencode(ent.name)
+                if name.startswith(LEGACY_PREFIX):
+                    if name == LEGACY_OPAQUE:
+                        opaque = True
+                    elif len(name) > len(LEGACY_PREFIX):
+                        whiteouts.add(name[len(LEGACY_PREFIX) :])
+                    continue
+                try:
+                    if ent.is_dir(follow_symlinks=False):
+                        entries[name] = True
+                        continue
+                    if ent.is_file(follow_symlinks=False) and opq == b"x":
+                        est = ent.stat(follow_symlinks=False)
+                        if is_xattr_whiteout(os.fsencode(ent.path), est, self.names):
+                            whiteouts.add(name)
+                            continue
+                    elif not ent.is_file(follow_symlinks=False) and not ent.is_symlink():
+                        est = ent.stat(follow_symlinks=False)
+                        if is_whiteout_stat(est):
+                            whiteouts.add(name)
+                            continue
+                except OSError:
+                    continue
+                entries[name] = False
+        for name in whiteouts:
+            entries.pop(name, None)
+        redirect = get_redirect(path, self.names) if rel else None
+        return Listing(entries, frozenset(whiteouts), opaque, redirect)
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        return os.lstat(self.path(rel))

@@ -1,0 +1,74 @@
+"""System calls the Python standard library lacks: renameat2 and a d_type probe."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+AT_FDCWD = -100
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+
+
+def renameat2(old: bytes, new: bytes, flags: int = 0) -> None:
+    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT)."""
+    if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), old, None, new)
+
+
+class _Dirent64(ctypes.Structure):
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
+_opendir = _libc.opendir
+_opendir.argtypes = [ctypes.c_char_p]
+_opendir.restype = ctypes.c_void_p
+_readdir = _libc.readdir64
+_readdir.argtypes = [ctypes.c_void_p]
+_readdir.restype = ctypes.POINTER(_Dirent64)
+_closedir = _libc.closedir
+_closedir.argtypes = [ctypes.c_void_p]
+
+DT_UNKNOWN = 0
+
+
+def dir_has_dtype(path: bytes) -> bool:
+    """True if readdir on ``path`` reports entry types (d_type), as overlayfs requires.
+
+    ``path`` must contain at least one entry other than ``.`` and ``..``.
+    """
+    d = _opendir(path)
+    if not d:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    try:
+        while True:
+            ent = _readdir(d)
+            if not ent:
+                return True
+            name = ent.contents.d_name
+            if name in (b".", b".."):
+                continue
+            return bool(ent.contents.d_type != DT_UNKNOWN)
+    finally:
+        _closedir(d)
+
+
+def is_enospc(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
