@@ -43,6 +43,8 @@ PACKAGES: dict[str, str] = {
     "debootstrap": "debootstrap",
     "mkfs.vfat": "dosfstools",
     "mformat": "mtools",
+    "findmnt": "util-linux",
+    "getfattr": "attr",
 }
 
 

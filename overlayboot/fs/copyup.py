@@ -275,4 +275,3 @@ def copy_dir_sync(ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int
         remove_tmp(tmp)
         raise
     return tmp
-

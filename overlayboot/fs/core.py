@@ -40,9 +40,7 @@ class Overlay:
         self.names = cfg.xattrs
         self.upper_root = os.fsencode(cfg.upper)
         self.scratch = os.fsencode(cfg.scratch)
-        self.layers = [
-            LowerLayer(i, os.fsencode(p), cfg.xattrs) for i, p in enumerate(cfg.lowers)
-        ]
+        self.layers = [LowerLayer(i, os.fsencode(p), cfg.xattrs) for i, p in enumerate(cfg.lowers)]
         self.table = InodeTable()
         self.lock = trio.Lock()
         self._tmp_seq = 0
@@ -59,8 +57,8 @@ class Overlay:
         """Create the scratch dir in the work dir; remove what a crash left there."""
         os.makedirs(self.scratch, exist_ok=True)
         for name in os.listdir(self.scratch):
-            if name.startswith("tmp."):
-                path = os.path.join(self.scratch, os.fsencode(name))
+            if name.startswith(b"tmp."):
+                path = os.path.join(self.scratch, name)
                 if os.path.isdir(path) and not os.path.islink(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:

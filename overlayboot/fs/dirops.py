@@ -179,10 +179,8 @@ def _mark_moved_dir(
     if node.lowers and not node.opaque:
         if node.redirect is not None and (samedir or node.redirect.startswith(b"/")):
             return
-        if samedir and node.redirect is None:
-            value = old_name
-        else:
-            value = b"/" + node.lowers[0][1]
+        # same parent: the lower dir is found by its old name; else by its absolute path
+        value = old_name if samedir and node.redirect is None else b"/" + node.lowers[0][1]
         set_redirect(upath, value, ov.names)
         node.redirect = value
     elif not node.opaque and _parent_lowers(new_parent):

@@ -14,9 +14,9 @@ import itertools
 import logging
 import os
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
@@ -33,7 +33,7 @@ T = TypeVar("T")
 OPEN_PASS_FLAGS = os.O_SYNC | os.O_DSYNC
 
 
-def guarded(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turn every exception of a handler into a FUSE error reply."""
 
     @functools.wraps(fn)
@@ -74,7 +74,7 @@ class DirHandle:
     names: list[bytes] = field(default_factory=list)
 
 
-class OverlayOperations(pyfuse3.Operations):  # type: ignore[misc]
+class OverlayOperations(pyfuse3.Operations):
     """pyfuse3 handlers over an :class:`Overlay`."""
 
     supports_dot_lookup = True

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import LowerRef
-from overlayboot.fs.whiteout import LEGACY_PREFIX, is_whiteout_stat
+from overlayboot.fs.whiteout import is_whiteout_stat
 
 
 def upper_listing(path: bytes) -> tuple[list[bytes], set[bytes]]:
@@ -68,7 +68,6 @@ def is_empty_merged(
 
 
 def upper_whiteouts(path: bytes) -> list[bytes]:
-    """Names of the whiteouts (and legacy .wh. entries) inside an upper directory."""
+    """Names of the whiteouts inside an upper directory."""
     _, hidden = upper_listing(path)
-    legacy = [os.fsencode(n) for n in os.listdir(path) if n.startswith(LEGACY_PREFIX.decode())]
-    return sorted(hidden) + legacy
+    return sorted(hidden)

@@ -1,0 +1,107 @@
+"""``make demo`` / ``overlayboot demo``: an overlay over a squashfs image, shown at work.
+
+It builds a small read-only root as a squashfs image, loop-mounts it, mounts
+overlayboot over it with a fresh upper, then writes, modifies and deletes
+files, shows the upper in kernel-overlayfs format, remounts to show that the
+changes persist, and finally mounts the same upper with kernel overlayfs to
+show that both read the same tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from overlayboot.errors import OverlaybootError
+from overlayboot.run import run
+
+
+def _say(text: str) -> None:
+    click.secho(f"\n==> {text}", fg="cyan", bold=True)
+
+
+def _sh(cmd: str, cwd: Path) -> None:
+    click.secho(f"$ {cmd}", fg="yellow")
+    out = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True)
+    sys.stdout.write(out.stdout + out.stderr)
+
+
+def _build_lower(src: Path) -> None:
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/hostname").write_text("overlayboot-demo\n")
+    (src / "etc/motd").write_text("Welcome to a read-only root made writable.\n")
+    (src / "usr/bin").mkdir(parents=True)
+    shutil.copy2("/bin/true", src / "usr/bin/true")
+    (src / "var/log").mkdir(parents=True)
+    (src / "var/log/old.log").write_text("an old log line\n" * 100)
+    (src / "home/user").mkdir(parents=True)
+    (src / "home/user/notes.txt").write_text("original notes\n")
+
+
+@contextlib.contextmanager
+def _overlayboot(lower: Path, upper: Path, work: Path, mnt: Path) -> Iterator[None]:
+    run([sys.executable, "-m", "overlayboot", "mount", "--lower", lower, "--upper", upper,
+         "--work", work, mnt])  # fmt: skip
+    try:
+        yield
+    finally:
+        run([sys.executable, "-m", "overlayboot", "umount", mnt])
+
+
+def run_demo(base: Path) -> None:
+    if os.geteuid() != 0:
+        raise OverlaybootError("the demo mounts filesystems: run it as root (sudo make demo)")
+    base = base.resolve()
+    for m in ("merged", "kernel", "lower"):
+        if os.path.ismount(base / m):
+            run(["umount", "-l", base / m], check=False)
+    if base.exists():
+        shutil.rmtree(base)
+    src, img = base / "rootfs", base / "root.squashfs"
+    lower, upper, work, mnt = base / "lower", base / "upper", base / "work", base / "merged"
+    for d in (src, lower, upper, work, mnt):
+        d.mkdir(parents=True)
+    _say("building a read-only root: a squashfs image, loop-mounted as the lower layer")
+    _build_lower(src)
+    run(["mksquashfs", src, img, "-noappend", "-comp", "zstd", "-quiet"])
+    run(["mount", "-o", "loop,ro", "-t", "squashfs", img, lower])
+    try:
+        _say("mounting overlayboot over it (upper and work dirs are empty)")
+        t0 = time.monotonic()
+        with _overlayboot(lower, upper, work, mnt):
+            click.echo(f"mounted in {time.monotonic() - t0:.2f} s")
+            _sh(f"findmnt -n {mnt}", base)
+            _sh("ls -l merged merged/etc && cat merged/etc/motd", base)
+            _say("changing it: a new file, an edit of a lower file, a deletion")
+            _sh("echo 'written on the live system' > merged/home/user/new.txt", base)
+            _sh("echo 'edited notes' >> merged/home/user/notes.txt", base)
+            _sh("rm merged/var/log/old.log", base)
+            _sh("mv merged/etc merged/etc.renamed && ls merged", base)
+            _sh("merged/usr/bin/true && echo 'a lower binary runs: exit 0'", base)
+            _say("only the changes are stored, in kernel-overlayfs format")
+            _sh("find upper -printf '%M %p\\n' | sort -k2", base)
+            _sh("getfattr -d -m 'trusted.overlay' -R upper 2>/dev/null", base)
+        _say("remounting: the changes are still there")
+        with _overlayboot(lower, upper, work, mnt):
+            _sh("cat merged/home/user/notes.txt merged/home/user/new.txt; ls merged/var/log", base)
+        _say("the same upper mounted by kernel overlayfs shows the same tree")
+        kmnt, kwork = base / "kernel", base / "kwork"
+        kmnt.mkdir()
+        kwork.mkdir()
+        opts = f"lowerdir={lower},upperdir={upper},workdir={kwork},redirect_dir=on"
+        run(["mount", "-t", "overlay", "overlay", "-o", opts, kmnt])
+        try:
+            _sh("cat kernel/home/user/notes.txt; ls kernel kernel/var/log", base)
+        finally:
+            run(["umount", kmnt])
+        _say("done: the lower image was never written")
+    finally:
+        run(["umount", lower], check=False)
