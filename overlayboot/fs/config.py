@@ -62,7 +62,8 @@ def _split_options(chunk: str) -> list[str]:
     it = iter(chunk)
     for ch in it:
         if ch == "\\":
-            cur.append(next(it, ""))
+            nxt = next(it, "")
+            cur.append(nxt if nxt == "," else ch + nxt)
         elif ch == ",":
             out.append("".join(cur))
             cur = []

@@ -171,6 +171,15 @@ class OverlayOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         ov = self.ov
         node = ov.node(inode)
+        if not (
+            fields.update_uid
+            or fields.update_gid
+            or fields.update_mode
+            or fields.update_size
+            or fields.update_atime
+            or fields.update_mtime
+        ):
+            return self._entry(node)
         async with ov.lock:
             truncating = fields.update_size and attr.st_size == 0
             await copy_up(ov, node, data=not truncating)

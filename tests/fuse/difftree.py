@@ -317,9 +317,13 @@ IGNORED_UPPER_XATTRS = (
     "trusted.overlay.uuid",
     "trusted.overlay.upper",
 )
-IGNORED_UPPER_PREFIXES = ("trusted.overlayboot.", "user.overlayboot.")
-# Inside the work directory: kernel overlayfs' own directories.
+OWN_XATTRS = ("trusted.overlayboot.", "user.overlayboot.")
+IGNORED_UPPER_PREFIXES = OWN_XATTRS
+# Inside the work directory, each implementation's own directory: kernel overlayfs'
+# index/ and work/, overlayboot's overlayboot/ (WORK_SUBDIR in overlayboot/fs/config.py),
+# which must be left empty after a clean unmount.
 KERNEL_WORK_ENTRIES = {"index", "work"}
+OWN_WORK_ENTRY = {"overlayboot": "overlayboot"}
 
 
 @dataclass(frozen=True)
@@ -341,6 +345,11 @@ class Entry:
 
 
 Tree = dict[str, Entry]
+
+# For triage only: OVERLAYBOOT_DIFF_IGNORE=mtime_ns,links leaves fields out of every
+# comparison, to look past a known disagreement. Unset, everything is compared.
+IGNORED_FIELDS = frozenset(filter(None, os.environ.get("OVERLAYBOOT_DIFF_IGNORE", "").split(",")))
+assert not IGNORED_FIELDS - {f.name for f in fields(Entry)}, f"unknown field in {IGNORED_FIELDS}"
 
 _KINDS = {
     stat.S_IFDIR: "dir",
@@ -460,7 +469,7 @@ def diff_trees(a: Tree, b: Tree, name_a: str, name_b: str, limit: int = 40) -> l
             continue
         for f in fields(Entry):
             va, vb = getattr(ea, f.name), getattr(eb, f.name)
-            if va == vb:
+            if va == vb or f.name in IGNORED_FIELDS:
                 continue
             if f.name == "data" and isinstance(va, bytes) and isinstance(vb, bytes):
                 lines.append(f"  {rel}: data: {_data_diff(va, vb)}")
@@ -569,7 +578,14 @@ class DiffSession:
         diff = diff_trees(us, ur, *self.names)
         if diff:
             self._fail("after unmount the upper layers differ:", diff)
-        left = [sorted(set(os.listdir(d / "work")) - KERNEL_WORK_ENTRIES) for d in self.dirs]
+        left = []
+        for kind, d in zip((self.subject, REFERENCE), self.dirs, strict=True):
+            own = OWN_WORK_ENTRY.get(kind)
+            names = set(os.listdir(d / "work")) - KERNEL_WORK_ENTRIES
+            if own in names:
+                names.remove(own)
+                names.update(f"{own}/{n}" for n in os.listdir(d / "work" / own))
+            left.append(sorted(names))
         if left[0] != left[1]:
             self._fail("after unmount the work dirs differ:", [f"  {left[0]} / {left[1]}"])
 
@@ -583,6 +599,12 @@ class DiffSession:
         # whose hard-linked alias was copied up shows the alias' data and attributes
         # only through the index. So such names, nlink and link groups are skipped.
         skip = {rel for rel, e in final.items() if e.links and rel not in self.upper_tree}
+        # The kernel shows every trusted.* xattr but its own: overlayboot's bookkeeping
+        # (under trusted.overlayboot., as DESIGN.md decides) is visible to it.
+        seen = {
+            rel: _replace(e, xattrs=tuple(x for x in e.xattrs if not x[0].startswith(OWN_XATTRS)))
+            for rel, e in seen.items()
+        }
         diff = diff_trees(
             without(final, "nlink", "links", skip=skip),
             without(seen, "nlink", "links", skip=skip),
