@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
 
 from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from overlayboot.errors import OverlaybootError
 
@@ -277,8 +279,13 @@ def read_abi(path: Path) -> ElfAbi | None:
     return ElfAbi(elf_class=32 if head[4] == 1 else 64, little_endian=little, machine=machine)
 
 
-def _split_path_list(value: str) -> tuple[str, ...]:
-    return tuple(value.split(":"))
+# DT_* tags holding strings -> the attribute pyelftools decodes them into
+_STRING_TAGS = {
+    "DT_NEEDED": "needed",
+    "DT_SONAME": "soname",
+    "DT_RPATH": "rpath",
+    "DT_RUNPATH": "runpath",
+}
 
 
 def read_elf(path: Path) -> ElfInfo:
@@ -286,46 +293,36 @@ def read_elf(path: Path) -> ElfInfo:
     abi = read_abi(path)
     if abi is None:
         raise NotElfError(f"{path} is not an ELF file")
-    info: dict[str, object] = {}
-    needed: list[str] = []
+    strings: dict[str, list[str]] = {tag: [] for tag in _STRING_TAGS}
+    interpreter: str | None = None
+    flags_1 = 0
     try:
         with open(path, "rb") as f:
-            elf = ELFFile(f)
-            for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_INTERP":
-                    info["interpreter"] = seg.get_interp_name()
-                elif seg["p_type"] == "PT_DYNAMIC":
+            for seg in ELFFile(f).iter_segments():
+                if isinstance(seg, InterpSegment):
+                    interpreter = str(seg.get_interp_name())
+                elif isinstance(seg, DynamicSegment):
                     for tag in seg.iter_tags():
-                        kind = tag.entry.d_tag
-                        if kind == "DT_NEEDED":
-                            needed.append(tag.needed)
-                        elif kind == "DT_SONAME":
-                            info["soname"] = tag.soname
-                        elif kind == "DT_RPATH":
-                            info["rpath"] = _split_path_list(tag.rpath)
-                        elif kind == "DT_RUNPATH":
-                            info["runpath"] = _split_path_list(tag.runpath)
-                        elif kind == "DT_FLAGS_1":
-                            info["nodeflib"] = bool(tag.entry.d_val & DF_1_NODEFLIB)
+                        name = tag.entry.d_tag
+                        if name in _STRING_TAGS:
+                            strings[name].append(str(getattr(tag, _STRING_TAGS[name])))
+                        elif name == "DT_FLAGS_1":
+                            flags_1 |= int(tag.entry.d_val)
     except (ELFError, ValueError, OSError, UnicodeDecodeError) as exc:
         raise ElfError(f"cannot read ELF file {path}: {exc}") from exc
-    interp = info.get("interpreter")
-    soname = info.get("soname")
+
+    def path_list(tag: str) -> tuple[str, ...]:
+        return tuple(part for value in strings[tag] for part in value.split(":"))
+
     return ElfInfo(
         abi=abi,
-        soname=soname if isinstance(soname, str) else None,
-        needed=tuple(needed),
-        rpath=_as_tuple(info.get("rpath")),
-        runpath=_as_tuple(info.get("runpath")),
-        interpreter=interp if isinstance(interp, str) else None,
-        nodeflib=bool(info.get("nodeflib", False)),
+        soname=strings["DT_SONAME"][0] if strings["DT_SONAME"] else None,
+        needed=tuple(strings["DT_NEEDED"]),
+        rpath=path_list("DT_RPATH"),
+        runpath=path_list("DT_RUNPATH"),
+        interpreter=interpreter,
+        nodeflib=bool(flags_1 & DF_1_NODEFLIB),
     )
-
-
-def _as_tuple(value: object) -> tuple[str, ...]:
-    if isinstance(value, tuple):
-        return tuple(str(v) for v in value)
-    return ()
 
 
 # --- the search ----------------------------------------------------------------------
