@@ -8,7 +8,6 @@ error naming it. The result lists modules dependencies first: the load order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mkimage.kernel import Kernel, KernelError
 

@@ -54,12 +54,12 @@ def test_good_config(tmp_path: Path) -> None:
 
 
 def test_missing_lower(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="lower dir .* does not exist"):
+    with pytest.raises(ConfigError, match=r"lower dir .* does not exist"):
         check_config(_cfg(tmp_path, lower=tmp_path / "missing"))
 
 
 def test_missing_upper(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="upper dir .* does not exist"):
+    with pytest.raises(ConfigError, match=r"upper dir .* does not exist"):
         check_config(_cfg(tmp_path, upper=tmp_path / "nope"))
 
 
