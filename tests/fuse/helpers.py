@@ -1,0 +1,264 @@
+"""Helpers for the mounted semantics tests: raw syscalls, tree fingerprints, running as a user.
+
+Nothing here mounts an overlay (tests/mounts.py and tests/fuse/conftest.py do);
+these are the small tools the tests use to look at the result exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import os
+import pickle
+import stat
+import subprocess
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KINDS = ["overlayboot", "kernel"]
+# run one test body against overlayboot and kernel overlayfs (the reference)
+BOTH = pytest.mark.parametrize("ovl", KINDS, indirect=True)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_SYS_GETDENTS64 = 217  # x86_64
+
+_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+_libc.renameat2.argtypes.append(ctypes.c_uint)
+_libc.renameat2.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.fallocate.restype = ctypes.c_int
+
+
+def _raise_errno(*paths: object) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), *[str(p) for p in paths[:1]])
+
+
+def renameat2(old: str | Path, new: str | Path, flags: int) -> None:
+    """renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE."""
+    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
+        _raise_errno(old)
+
+
+def fallocate(fd: int, offset: int, length: int, mode: int = 0) -> None:
+    """fallocate(2) itself, without glibc's posix_fallocate emulation."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        _raise_errno()
+
+
+def getdents(path: str | Path, bufsize: int) -> list[tuple[bytes, int, int, int]]:
+    """All entries of a directory read with getdents64 and a ``bufsize``-byte buffer.
+
+    Returns (name, d_ino, d_off, d_type) in the order the kernel gave them.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(bufsize)
+    out: list[tuple[bytes, int, int, int]] = []
+    try:
+        while True:
+            n = _libc.syscall(_SYS_GETDENTS64, fd, buf, ctypes.c_uint(bufsize))
+            if n < 0:
+                _raise_errno(path)
+            if n == 0:
+                return out
+            raw = buf.raw[:n]
+            pos = 0
+            while pos < n:
+                ino = int.from_bytes(raw[pos : pos + 8], "little")
+                off = int.from_bytes(raw[pos + 8 : pos + 16], "little", signed=True)
+                reclen = int.from_bytes(raw[pos + 16 : pos + 18], "little")
+                dtype = raw[pos + 18]
+                name = raw[pos + 19 : pos + reclen].split(b"\0", 1)[0]
+                out.append((name, ino, off, dtype))
+                pos += reclen
+    finally:
+        os.close(fd)
+
+
+class _Dirent64(ctypes.Structure):
+    _fields_ = [
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    ]
+
+
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.opendir.restype = ctypes.c_void_p
+_libc.readdir64.argtypes = [ctypes.c_void_p]
+_libc.readdir64.restype = ctypes.POINTER(_Dirent64)
+_libc.telldir.argtypes = [ctypes.c_void_p]
+_libc.telldir.restype = ctypes.c_long
+_libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+_libc.seekdir.restype = None
+_libc.rewinddir.argtypes = [ctypes.c_void_p]
+_libc.rewinddir.restype = None
+_libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+class Dir:
+    """libc's DIR stream: readdir, telldir, seekdir, rewinddir."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._d = _libc.opendir(os.fsencode(path))
+        if not self._d:
+            _raise_errno(path)
+
+    def read(self) -> bytes | None:
+        ent = _libc.readdir64(self._d)
+        return bytes(ent.contents.d_name) if ent else None
+
+    def tell(self) -> int:
+        return int(_libc.telldir(self._d))
+
+    def seek(self, pos: int) -> None:
+        _libc.seekdir(self._d, pos)
+
+    def rewind(self) -> None:
+        _libc.rewinddir(self._d)
+
+    def close(self) -> None:
+        if self._d:
+            _libc.closedir(self._d)
+            self._d = None
+
+    def __enter__(self) -> Dir:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def xattrs(path: str | Path) -> dict[str, bytes]:
+    out = {}
+    for key in os.listxattr(path, follow_symlinks=False):
+        out[key] = os.getxattr(path, key, follow_symlinks=False)
+    return out
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fingerprint(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything about a tree that a read-only user must never change (not atime)."""
+    paths = [str(root)]
+    for dirpath, dirs, files in os.walk(root):
+        paths.extend(os.path.join(dirpath, name) for name in [*dirs, *files])
+    out: dict[str, tuple[Any, ...]] = {}
+    for path in paths:
+        st = os.lstat(path)
+        content: str | None = None
+        if stat.S_ISREG(st.st_mode):
+            content = _file_digest(path)
+        elif stat.S_ISLNK(st.st_mode):
+            content = os.readlink(path)
+        out[os.path.relpath(path, root)] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            st.st_nlink,
+            st.st_ino,
+            st.st_rdev,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            tuple(sorted(xattrs(path).items())),
+            content,
+        )
+    return out
+
+
+def set_times(path: str | Path, ns: int) -> None:
+    os.utime(path, ns=(ns, ns), follow_symlinks=False)
+
+
+def errno_of(fn: Callable[[], object]) -> int:
+    """The errno ``fn`` fails with, 0 if it succeeds."""
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+def as_user(uid: int, gid: int, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` in a forked child as ``uid``/``gid`` (no supplementary groups).
+
+    Returns what ``fn`` returned; an OSError it raised comes back as
+    ``("errno", number)``; anything else is re-raised here as AssertionError.
+    """
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            try:
+                result: Any = ("ok", fn())
+            except OSError as exc:
+                result = ("errno", exc.errno)
+            except BaseException:
+                result = ("crash", traceback.format_exc())
+            with os.fdopen(wfd, "wb") as f:
+                pickle.dump(result, f)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and data, "the child process failed"
+    kind, value = pickle.loads(data)
+    if kind == "crash":
+        raise AssertionError(f"as_user({uid}) failed:\n{value}")
+    return value if kind == "ok" else ("errno", value)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` for the duration."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size},mode=0755"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def blocks_bytes(path: str | Path) -> int:
+    """Bytes actually allocated to a file."""
+    return os.lstat(path).st_blocks * 512
+
+
+def is_whiteout(path: str | Path) -> bool:
+    """A kernel-overlayfs whiteout: a character device 0/0."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
