@@ -122,7 +122,7 @@ class _Finder:
             return False  # "from module import attribute": not a module
         spec = self.spec(name)
         if spec is None:
-            if required:
+            if required and not parent:  # X.Y not found is an attribute of package X
                 self.missing.add(name)
             return False
         is_pkg = spec.submodule_search_locations is not None
