@@ -188,7 +188,7 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
     node.upper = True
     if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
         try:
-            link_siblings(ov, idx, rel, lower_ino, dst)
+            link_siblings(ov, idx, lower_ino, dst)
         except OSError as exc:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)
 
@@ -220,11 +220,10 @@ def hardlink_map(ov: Overlay, idx: int) -> dict[int, list[bytes]]:
     return result
 
 
-def link_siblings(ov: Overlay, idx: int, rel: bytes, ino: int, upper_file: bytes) -> None:
+def link_siblings(ov: Overlay, idx: int, ino: int, upper_file: bytes) -> None:
     """Link the other visible names of a copied-up lower hard link to its upper copy."""
     for other in hardlink_map(ov, idx).get(ino, []):
-        if other == rel:
-            continue
+        # the name just copied up (whichever it was) is found in the upper and skipped
         parent_rel, name = split(other)
         parent_upper = ensure_upper_dirs(ov, parent_rel)
         if parent_upper is None:
