@@ -66,12 +66,16 @@ async def install(
     tmp = ov.tmp_path()
     make(tmp)
     try:
+        if is_dir and _parent_lowers(parent):
+            # as overlayfs does (without offline changes): a new directory in a merged
+            # parent is opaque, so lookups below it never descend into the lower layers
+            set_opaque(tmp, ov.names)
         if existing is None:
             sysio.renameat2(tmp, upath, sysio.RENAME_NOREPLACE)
         elif not is_whiteout_stat(existing):
             raise OSError(errno.EEXIST, "exists")
         elif is_dir:
-            set_opaque(tmp, ov.names)
+            set_opaque(tmp, ov.names)  # over a whiteout: always opaque
             sysio.renameat2(tmp, upath, sysio.RENAME_EXCHANGE)
             os.unlink(tmp)
             return
