@@ -3,12 +3,13 @@
 Writing: a list of :class:`Entry` records (from a directory tree with
 :func:`entries_from_tree`, plus entries that exist only in the archive, such as device
 nodes) becomes an archive whose bytes depend only on the entries and the
-``SOURCE_DATE_EPOCH`` given: entries sorted by path (parents first, missing parents
-added as 0755 directories), owner 0:0 unless set, mtimes clamped, inode numbers counted
-from 1 in that order, hard links stored the newc way (one inode, ``nlink`` > 1, the data
-on the last entry of the group and size 0 on the others), 4-byte padding, ``TRAILER!!!``
-and zero padding to 512 bytes. Compression is deterministic too (gzip with mtime 0 and no
-name, xz with a CRC32 check as the kernel requires, zstd single-threaded).
+``SOURCE_DATE_EPOCH`` given: mtimes later than it are lowered to it (earlier ones kept),
+entries sorted by path components (parents first; missing parents added as 0755
+directories), owner 0:0 unless set, inode numbers counted from 1 in that order, hard
+links stored the newc way (one inode, ``nlink`` > 1, the data on the last entry of the
+group and size 0 on the others), 4-byte padding, ``TRAILER!!!`` and zero padding to 512
+bytes. Compression is deterministic too (gzip with mtime 0 and no name, xz with a CRC32
+check as the kernel requires, zstd single-threaded through the ``zstd`` tool).
 
 Reading: :func:`read_cpio` decompresses by magic and parses newc (several archives
 concatenated, as the kernel accepts, included).
@@ -380,7 +381,7 @@ def cpio_bytes(entries: Iterable[Entry], *, source_date_epoch: int | None = None
 
 # --- compression ---------------------------------------------------------------------
 
-XZ_DICT_SIZE = 1 << 20  # what the kernel's xz.rst advises for an initramfs
+XZ_DICT_SIZE = 1 << 20  # kernel xz.rst: "probably the maximum reasonable" for in-kernel use
 
 _DEFAULT_LEVEL = {Compression.GZIP: 9, Compression.XZ: 6, Compression.ZSTD: 19}
 

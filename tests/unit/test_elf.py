@@ -53,9 +53,8 @@ def loader_trace(argv: list[str]) -> dict[str, str | None]:
             objects[m[1]] = None
         elif m := re.fullmatch(r"(\S+) => (\S+) \(0x[0-9a-f]+\)", line):
             objects[m[1]] = m[2]
-        elif m := re.fullmatch(r"(\S+) \(0x[0-9a-f]+\)", line):
-            if "vdso" not in m[1]:
-                objects[m[1]] = m[1]
+        elif (m := re.fullmatch(r"(\S+) \(0x[0-9a-f]+\)", line)) and "vdso" not in m[1]:
+            objects[m[1]] = m[1]
     assert objects, f"no loader trace for {argv}: {out!r}"
     return objects
 
@@ -140,7 +139,9 @@ def test_sysroot_closure_is_exact(sysroot: Path, python_libs: dict[str, str]) ->
         "/lib64/ld-linux-x86-64.so.2",
         "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
     )
-    assert summary(closure.binaries) == [lib("python3.11", "/bin/python3.11", "/usr/bin/python3.11")]
+    assert summary(closure.binaries) == [
+        lib("python3.11", "/bin/python3.11", "/usr/bin/python3.11")
+    ]
     assert summary(closure.libraries) == [
         lib("libm.so.6", "/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6"),
         lib("libz.so.1", "/opt/zlib/lib/libz.so.1", "/opt/zlib/lib/libz.so.1.2.99"),
@@ -162,7 +163,9 @@ def test_missing_library_is_reported_not_taken_from_host(sysroot: Path) -> None:
     closure = resolve_closure(sysroot, ["/usr/bin/python3.11"])
     assert closure.missing == ("libz.so.1",)
     assert [x.soname for x in closure.libraries] == ["libm.so.6", "libexpat.so.1", "libc.so.6"]
-    with pytest.raises(MissingLibraryError, match=r"libz\.so\.1 \(needed by /usr/bin/python3\.11\)"):
+    with pytest.raises(
+        MissingLibraryError, match=r"libz\.so\.1 \(needed by /usr/bin/python3\.11\)"
+    ):
         resolve_closure(sysroot, ["/usr/bin/python3.11"], strict=True)
 
 
@@ -246,8 +249,12 @@ def test_search_order_rpath_runpath_inheritance() -> None:
     system = (P("/sys"),)
     llp = (P("/llp"),)
     main = LoadedObject(ElfInfo(X86_64, rpath=("/m", "$ORIGIN/x")), P("/bin/exe"), P("/bin"))
-    a = LoadedObject(ElfInfo(X86_64, rpath=("${ORIGIN}/r", "rel", "$LIB/x")), P("/a/liba"), P("/a"), main)
-    b = LoadedObject(ElfInfo(X86_64, rpath=("/ignored",), runpath=("/rb",)), P("/b/libb"), P("/b"), a)
+    a = LoadedObject(
+        ElfInfo(X86_64, rpath=("${ORIGIN}/r", "rel", "$LIB/x")), P("/a/liba"), P("/a"), main
+    )
+    b = LoadedObject(
+        ElfInfo(X86_64, rpath=("/ignored",), runpath=("/rb",)), P("/b/libb"), P("/b"), a
+    )
     c = LoadedObject(ElfInfo(X86_64), P("/c/libc"), P("/c"), b)
     d = LoadedObject(ElfInfo(X86_64, nodeflib=True), P("/d/libd"), P("/d"))  # dlopened
 
@@ -309,9 +316,14 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (src / "bar.c").write_text("int bar(void) { return 1; }\n")
     (src / "foo.c").write_text("int bar(void);\nint foo(void) { return bar(); }\n")
     (src / "main.c").write_text("int foo(void);\nint main(void) { return foo() - 1; }\n")
-    shared = ["gcc", "-shared", "-fPIC"]
+    shared: list[str | Path] = ["gcc", "-shared", "-fPIC"]
     run([*shared, "-Wl,-soname,libbar.so.1", "-o", lib_dir / "libbar.so.1", src / "bar.c"])
-    foo = ["-Wl,-soname,libfoo.so.1", "-o", lib_dir / "libfoo.so.1", src / "foo.c"]
+    foo: list[str | Path] = [
+        "-Wl,-soname,libfoo.so.1",
+        "-o",
+        lib_dir / "libfoo.so.1",
+        src / "foo.c",
+    ]
     run([*shared, *foo, f"-L{lib_dir}", "-l:libbar.so.1"])
     for name, flags in (
         ("rpath", ["-Wl,--disable-new-dtags", "-Wl,-rpath,$ORIGIN/../lib"]),
