@@ -166,6 +166,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     cli.main(args=list(argv) if argv is not None else None, prog_name="overlayboot")
 
 
+def helper_argv(argv: Sequence[str]) -> list[str] | None:
+    """mount(8)'s helper calling convention -> ``overlayboot mount`` arguments.
+
+    mount(8) runs ``mount.fuse.overlayboot SOURCE DIR [-sfnv] [-o OPTS]``: ``-s``
+    (sloppy), ``-n`` (no mtab) and ``-v`` change nothing here; ``-f`` (fake) means
+    do nothing (None).
+    """
+    out: list[str] = ["mount"]
+    it = iter(argv)
+    for arg in it:
+        if arg == "-o":
+            out += ["-o", next(it, "")]
+        elif arg.startswith("-o") and len(arg) > 2:
+            out += ["-o", arg[2:]]
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnv"):
+            if "f" in arg:
+                return None
+        else:
+            out.append(arg)
+    return out
+
+
 def mount_helper() -> None:
     """``mount.fuse.overlayboot SOURCE MOUNTPOINT -o OPTS``: what mount(8) runs for fstab."""
-    main(["mount", *sys.argv[1:]])
+    args = helper_argv(sys.argv[1:])
+    if args is not None:
+        main(args)
