@@ -1,0 +1,290 @@
+"""The kernel command line -> a frozen boot configuration, and its export to the shell hooks.
+
+The initramfs hooks are POSIX sh; they get their parameters from
+``python -m overlayboot.cmdline``, which reads ``/proc/cmdline`` and the image
+config baked in at build time (``/etc/overlayboot/image.conf``, ``KEY=VALUE``
+lines), validates everything, and prints ``OB_*`` shell assignments. A bad
+parameter is one ``ERROR:`` line on stderr and exit status 1.
+
+Parameters (also the README's table): ``overlayboot.medium=``,
+``overlayboot.image=``, ``overlayboot.findiso=``, ``overlayboot.upper=``,
+``overlayboot.upper.size=``, ``overlayboot.toram``, ``overlayboot.overlay=``,
+``overlayboot.break=``, ``overlayboot.debug``, ``overlayboot.timeout=``,
+``overlayboot.onerror=``, ``init=``; and dracut's ``root=live:…``,
+``rd.live.image``, ``rd.live.squashimg=``, ``rd.live.ram``, ``rd.live.overlay=``,
+``rd.live.overlay.size=`` where they mean the same thing.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from overlayboot.errors import UsageError
+
+PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "overlay", "switch")
+DEFAULT_IMAGE = "/live/filesystem.squashfs"
+DEFAULT_LABEL = "OVERLAYBOOT"
+IMAGE_CONF = Path("/etc/overlayboot/image.conf")
+
+
+class CmdlineError(UsageError):
+    """A boot parameter that cannot be used."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """How to find a block device: by filesystem label, UUID, partition label or path."""
+
+    kind: str  # "label", "uuid", "partlabel", "path"
+    value: str
+
+    def __str__(self) -> str:
+        return self.value if self.kind == "path" else f"{self.kind.upper()}={self.value}"
+
+
+@dataclass(frozen=True)
+class BootConfig:
+    """Everything the boot phases need to know."""
+
+    medium: DeviceSpec | None = None  # None: scan every block device for the image
+    image: str = DEFAULT_IMAGE
+    findiso: str | None = None
+    upper: DeviceSpec | None = None  # None: a tmpfs
+    upper_dir: str = ""  # a directory on the persistence device
+    upper_size: str = "50%"
+    toram: bool = False
+    overlay: str = "fuse"
+    breaks: frozenset[str] = frozenset()
+    debug: bool = False
+    init: str = "/sbin/init"
+    timeout: int = 30
+    onerror: str = "shell"
+    warnings: tuple[str, ...] = field(default=())
+
+
+def split_cmdline(text: str) -> list[tuple[str, str | None]]:
+    """Split like the kernel: spaces separate, double quotes group; ``key[=value]``."""
+    out: list[tuple[str, str | None]] = []
+    i, n = 0, len(text)
+    while i < n:
+        while i < n and text[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        token: list[str] = []
+        quoted = False
+        while i < n and (quoted or not text[i].isspace()):
+            if text[i] == '"':
+                quoted = not quoted
+            else:
+                token.append(text[i])
+            i += 1
+        word = "".join(token)
+        if word == "--":
+            break  # the rest belongs to init
+        key, sep, value = word.partition("=")
+        out.append((key, value if sep else None))
+    return out
+
+
+def parse_device(value: str, what: str) -> DeviceSpec:
+    for prefix, kind in (
+        ("CDLABEL=", "label"),
+        ("LABEL=", "label"),
+        ("UUID=", "uuid"),
+        ("PARTLABEL=", "partlabel"),
+    ):
+        if value.upper().startswith(prefix) and len(value) > len(prefix):
+            return DeviceSpec(kind, value[len(prefix) :])
+    if value.startswith("/dev/") and len(value) > 5:
+        return DeviceSpec("path", value)
+    raise CmdlineError(
+        f"{what}={value!r} is not a device",
+        "use LABEL=name, UUID=id, PARTLABEL=name or /dev/path",
+    )
+
+
+_SIZE = re.compile(r"^(\d+%|\d+[kKmMgG]?)$")
+
+
+def parse_size(value: str, what: str) -> str:
+    if not _SIZE.match(value) or value in ("0", "0%"):
+        raise CmdlineError(f"{what}={value!r} is not a size", "use e.g. 50% or 2G")
+    if value.endswith("%") and int(value[:-1]) > 100:
+        raise CmdlineError(f"{what}={value!r} is more than 100%")
+    return value
+
+
+def _flag(value: str | None, what: str) -> bool:
+    if value is None or value.lower() in ("1", "y", "yes", "on", "true"):
+        return True
+    if value.lower() in ("0", "n", "no", "off", "false"):
+        return False
+    raise CmdlineError(f"{what}={value!r} is not a yes/no value")
+
+
+def _phase_list(value: str | None) -> frozenset[str]:
+    if value is None or value == "":
+        return frozenset({"switch"})
+    out: set[str] = set()
+    for item in value.split(","):
+        name = item.strip()
+        if name.isdigit() and 0 <= int(name) < len(PHASES):
+            name = PHASES[int(name)]
+        if name not in PHASES:
+            raise CmdlineError(
+                f"overlayboot.break={value!r}: unknown phase {item!r}",
+                f"phases: {', '.join(PHASES)}",
+            )
+        out.add(name)
+    return frozenset(out)
+
+
+def _dracut_overlay(value: str, cfg: BootConfig) -> BootConfig:
+    """rd.live.overlay=DEVSPEC[:PATH] (dracut's persistent overlay)."""
+    if value.lower() == "none":
+        return replace(cfg, upper=None)
+    dev, _, path = value.partition(":")
+    return replace(cfg, upper=parse_device(dev, "rd.live.overlay"), upper_dir=path.strip("/"))
+
+
+def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootConfig:
+    """Parse a kernel command line over the image's baked-in defaults."""
+    params: list[tuple[str, str | None]] = []
+    for dkey, dvalue in (defaults or {}).items():
+        params.append((dkey if "." in dkey or dkey == "init" else f"overlayboot.{dkey}", dvalue))
+    params += split_cmdline(text)
+    cfg = BootConfig(medium=DeviceSpec("label", DEFAULT_LABEL))
+    warnings: list[str] = []
+    for key, value in params:
+        if key == "root" and value and value.startswith("live:"):
+            cfg = replace(cfg, medium=parse_device(value[5:], "root=live:"))
+        elif key == "init":
+            if not value or not value.startswith("/"):
+                raise CmdlineError(f"init={value!r} is not an absolute path")
+            cfg = replace(cfg, init=value)
+        elif key == "rd.live.image":
+            pass
+        elif key == "rd.live.squashimg" and value:
+            cfg = replace(cfg, image=value if value.startswith("/") else f"/LiveOS/{value}")
+        elif key == "rd.live.ram":
+            cfg = replace(cfg, toram=_flag(value, key))
+        elif key == "rd.live.overlay" and value:
+            cfg = _dracut_overlay(value, cfg)
+        elif key == "rd.live.overlay.size" and value:
+            cfg = replace(
+                cfg, upper_size=parse_size(value + "M" if value.isdigit() else value, key)
+            )
+        elif key.startswith("overlayboot."):
+            cfg = _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    return replace(cfg, warnings=tuple(warnings))
+
+
+def _need(value: str | None, key: str) -> str:
+    if not value:
+        raise CmdlineError(f"overlayboot.{key} needs a value: overlayboot.{key}=...")
+    return value
+
+
+def _overlayboot_param(
+    cfg: BootConfig, key: str, value: str | None, warnings: list[str]
+) -> BootConfig:
+    if key == "medium":
+        v = _need(value, key)
+        return replace(cfg, medium=None if v == "scan" else parse_device(v, "overlayboot.medium"))
+    if key == "image":
+        v = _need(value, key)
+        return replace(cfg, image=v if v.startswith("/") else "/" + v)
+    if key == "findiso":
+        v = _need(value, key)
+        return replace(cfg, findiso=v if v.startswith("/") else "/" + v)
+    if key == "upper":
+        v = _need(value, key)
+        if v == "tmpfs":
+            return replace(cfg, upper=None, upper_dir="")
+        dev, _, path = v.partition(":")
+        return replace(cfg, upper=parse_device(dev, "overlayboot.upper"), upper_dir=path.strip("/"))
+    if key == "upper.size":
+        return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
+    if key == "toram":
+        return replace(cfg, toram=_flag(value, "overlayboot.toram"))
+    if key == "overlay":
+        v = _need(value, key)
+        if v not in ("fuse", "kernel"):
+            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse or kernel")
+        return replace(cfg, overlay=v)
+    if key == "break":
+        return replace(cfg, breaks=cfg.breaks | _phase_list(value))
+    if key == "debug":
+        return replace(cfg, debug=_flag(value, "overlayboot.debug"))
+    if key == "timeout":
+        v = _need(value, key)
+        if not v.isdigit() or not 0 < int(v) <= 3600:
+            raise CmdlineError(f"overlayboot.timeout={v!r}", "give seconds, 1 to 3600")
+        return replace(cfg, timeout=int(v))
+    if key == "onerror":
+        v = _need(value, key)
+        if v not in ("shell", "poweroff", "reboot"):
+            raise CmdlineError(f"overlayboot.onerror={v!r}", "use shell, poweroff or reboot")
+        return replace(cfg, onerror=v)
+    warnings.append(f"unknown parameter overlayboot.{key} ignored")
+    return cfg
+
+
+def read_image_conf(path: Path = IMAGE_CONF) -> dict[str, str]:
+    """``KEY=VALUE`` lines (``#`` comments) baked into the initramfs by the builder."""
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def to_shell(cfg: BootConfig) -> str:
+    """``OB_*=...`` assignments for the hooks, safely quoted."""
+    values = {
+        "OB_MEDIUM_KIND": cfg.medium.kind if cfg.medium else "scan",
+        "OB_MEDIUM": cfg.medium.value if cfg.medium else "",
+        "OB_IMAGE": cfg.image,
+        "OB_FINDISO": cfg.findiso or "",
+        "OB_UPPER_KIND": cfg.upper.kind if cfg.upper else "tmpfs",
+        "OB_UPPER": cfg.upper.value if cfg.upper else "",
+        "OB_UPPER_DIR": cfg.upper_dir,
+        "OB_UPPER_SIZE": cfg.upper_size,
+        "OB_TORAM": "1" if cfg.toram else "",
+        "OB_OVERLAY": cfg.overlay,
+        "OB_BREAK": " ".join(p for p in PHASES if p in cfg.breaks),
+        "OB_DEBUG": "1" if cfg.debug else "",
+        "OB_INIT": cfg.init,
+        "OB_TIMEOUT": str(cfg.timeout),
+        "OB_ONERROR": cfg.onerror,
+    }
+    lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
+    lines += [f"echo {shlex.quote('overlayboot: warning: ' + w)} >&2" for w in cfg.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    text = args[0] if args else Path("/proc/cmdline").read_text()
+    try:
+        cfg = parse_cmdline(text, read_image_conf())
+    except CmdlineError as exc:
+        print(f"ERROR: bad kernel command line: {exc.line()}", file=sys.stderr)
+        return 1
+    sys.stdout.write(to_shell(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
