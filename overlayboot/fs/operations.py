@@ -151,10 +151,13 @@ class OverlayOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._lookup_ref(node)
 
-    @guarded
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        # forget has no reply: it must never raise, not even a FUSEError
         for ino, count in inode_list:
-            self.ov.table.forget(ino, count)
+            try:
+                self.ov.table.forget(ino, count)
+            except Exception:
+                log.exception("INTERNAL: forget(%#x, %d)", ino, count)
 
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
