@@ -108,12 +108,35 @@ def copy_xattrs(src: bytes, dst: bytes, names: XattrNames) -> None:
             raise
 
 
-def set_metadata(path: bytes, st: os.stat_result, *, chmod: bool = True) -> None:
-    """Owner, then mode (chown clears setuid), then times."""
+def set_metadata(
+    src: bytes, path: bytes, st: os.stat_result, names: XattrNames, origin: tuple[int, int]
+) -> None:
+    """Owner, mode, xattrs, times, in the order that keeps each of them.
+
+    chown clears setuid/setgid and ``security.capability``, so it comes first;
+    times come last since setting xattrs changes none of them but writing would.
+    """
     os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
-    if chmod and not stat.S_ISLNK(st.st_mode):
+    if not stat.S_ISLNK(st.st_mode):
         os.chmod(path, stat.S_IMODE(st.st_mode))
+    copy_xattrs(src, path, names)
+    os.setxattr(path, names.origin, encode_origin(*origin), follow_symlinks=False)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+class KeepTimes:
+    """Restore a directory's times after a copy-up renamed something into it.
+
+    A copy-up is not a change the user made: overlayfs restores the parent's
+    times too.
+    """
+
+    def __init__(self, path: bytes) -> None:
+        self.path = path
+        self.st = os.lstat(path)
+
+    def restore(self) -> None:
+        os.utime(self.path, ns=(self.st.st_atime_ns, self.st.st_mtime_ns), follow_symlinks=False)
 
 
 def remove_tmp(path: bytes) -> None:
@@ -150,9 +173,7 @@ async def build_copy(
             os.symlink(os.readlink(src), tmp)
         else:
             os.mknod(tmp, mode, st.st_rdev)
-        copy_xattrs(src, tmp, ov.names)
-        os.setxattr(tmp, ov.names.origin, encode_origin(*origin), follow_symlinks=False)
-        set_metadata(tmp, st)
+        set_metadata(src, tmp, st, ov.names, origin)
     except BaseException:
         remove_tmp(tmp)
         raise
@@ -181,10 +202,12 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
     lower_ino = ov.layers[idx].lstat(rel).st_ino
     tmp = await build_copy(ov, src, st, (idx, lower_ino), data=data)
     try:
+        parent_times = KeepTimes(ov.upper_path(parent))
         os.rename(tmp, dst)
     except BaseException:
         remove_tmp(tmp)
         raise
+    parent_times.restore()
     node.upper = True
     if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
         try:
@@ -231,7 +254,9 @@ def link_siblings(ov: Overlay, idx: int, ino: int, upper_file: bytes) -> None:
         res = lookup(ov.layers, ov.names, parent_upper[0], parent_upper[1], name)
         if res is None or res.upper is not None or res.is_dir or res.lowers != ((idx, other),):
             continue  # that name is deleted, replaced or not the same file in the merged view
+        times = KeepTimes(parent_upper[0])
         os.link(upper_file, parent_upper[0] + b"/" + name)
+        times.restore()
 
 
 def ensure_upper_dirs(
@@ -256,7 +281,9 @@ def ensure_upper_dirs(
             src = ov.layers[src_idx].path(src_rel)
             st = os.lstat(src)
             tmp = copy_dir_sync(ov, src, st, (src_idx, st.st_ino))
+            times = KeepTimes(upper)
             os.rename(tmp, child)
+            times.restore()
             ov.path_copyups += 1
         upper, lowers = child, res.lowers
     return upper, lowers
@@ -267,9 +294,7 @@ def copy_dir_sync(ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int
     tmp = ov.tmp_path()
     try:
         os.mkdir(tmp, 0o700)
-        copy_xattrs(src, tmp, ov.names)
-        os.setxattr(tmp, ov.names.origin, encode_origin(*origin), follow_symlinks=False)
-        set_metadata(tmp, st)
+        set_metadata(src, tmp, st, ov.names, origin)
     except BaseException:
         remove_tmp(tmp)
         raise

@@ -388,9 +388,9 @@ class OverlayOperations(pyfuse3.Operations):
         extra = flags & OPEN_PASS_FLAGS
         if node.upper:
             mode = os.O_RDWR if writable else os.O_RDONLY
-            fd = os.open(ov.upper_path(node), mode | extra | os.O_NOFOLLOW)
             if trunc:
-                os.ftruncate(fd, 0)
+                extra |= os.O_TRUNC  # Linux truncates even with O_RDONLY
+            fd = os.open(ov.upper_path(node), mode | extra | os.O_NOFOLLOW)
         else:
             fd = os.open(ov.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         fh = self._new_fh()
