@@ -1,1 +1,1 @@
-"""The image builder: initramfs with a frozen Python runtime, squashfs root, hybrid ISO, USB image."""
+"""The image builder: initramfs with a frozen Python, squashfs root, hybrid ISO, USB image."""

@@ -161,6 +161,13 @@ def demo_cmd(base: Path) -> None:
     run_demo(base)
 
 
+from mkimage.commands import build, inspect, kernel  # noqa: E402  (they use domain_errors)
+
+cli.add_command(build)
+cli.add_command(inspect)
+cli.add_command(kernel)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="overlayboot: %(message)s")
     cli.main(args=list(argv) if argv is not None else None, prog_name="overlayboot")

@@ -45,6 +45,7 @@ PACKAGES: dict[str, str] = {
     "mformat": "mtools",
     "findmnt": "util-linux",
     "getfattr": "attr",
+    "strip": "binutils",
 }
 
 

@@ -211,6 +211,10 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
     node.upper = True
     if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
         try:
+            os.link(dst, ov.index_path(idx, lower_ino))
+        except FileExistsError:
+            pass
+        try:
             link_siblings(ov, idx, lower_ino, dst)
         except OSError as exc:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)

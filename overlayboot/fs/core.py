@@ -16,7 +16,15 @@ from dataclasses import dataclass
 import trio
 
 from overlayboot.fs.config import OverlayConfig
-from overlayboot.fs.inodes import TAG_UPPER, InodeTable, Node, lower_tag, make_ino
+from overlayboot.fs.inodes import (
+    REAL_MASK,
+    TAG_SHIFT,
+    TAG_UPPER,
+    InodeTable,
+    Node,
+    lower_tag,
+    make_ino,
+)
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
 from overlayboot.fs.readdir import merged_names
@@ -56,6 +64,7 @@ class Overlay:
     def prepare_scratch(self) -> None:
         """Create the scratch dir in the work dir; remove what a crash left there."""
         os.makedirs(self.scratch, exist_ok=True)
+        os.makedirs(self.scratch + b"/index", exist_ok=True)
         for name in os.listdir(self.scratch):
             if name.startswith(b"tmp."):
                 path = os.path.join(self.scratch, name)
@@ -129,11 +138,44 @@ class Overlay:
         res = self.resolve(parent, name)
         if res is None:
             return None
+        if res.upper is None and not res.is_dir:
+            res = self._link_up(parent, name, res)
         upath = self.upper_child(parent, name) if res.upper is not None else b""
         ino = self.ino_of(res, upath)
         node = self.table.node_for(ino, res.is_dir, parent, name)
         self.apply(node, res)
         return node
+
+    def index_path(self, layer: int, ino: int) -> bytes:
+        """Where the upper copy of a multiply-linked lower file is indexed (see copyup)."""
+        return b"%s/index/%d-%d" % (self.scratch, layer, ino)
+
+    def _link_up(self, parent: Node, name: bytes, res: Resolved) -> Resolved:
+        """A lower name of a hard link whose copy is already up: link it to that copy.
+
+        Other names of the same lower file are linked at copy-up when they can be
+        found; a name that could not (under a renamed directory, say) is linked
+        here, at its first lookup, through the index.
+        """
+        idx, rel = res.lowers[0]
+        st = self.layers[idx].lstat(rel)
+        if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
+            return res
+        index = self.index_path(idx, st.st_ino)
+        if not os.path.exists(index):
+            return res
+        from overlayboot.fs.copyup import KeepTimes, ensure_upper_dirs
+
+        parent_rel = parent.path()
+        if parent_rel is None or ensure_upper_dirs(self, parent_rel) is None:
+            return res
+        parent_upper = self.upper_path(parent)
+        times = KeepTimes(parent_upper)
+        os.link(index, parent_upper + b"/" + name)
+        times.restore()
+        parent.upper = True
+        again = self.resolve(parent, name)
+        return again if again is not None else res
 
     def apply(self, node: Node, res: Resolved) -> None:
         node.upper = res.upper is not None
@@ -159,6 +201,14 @@ class Overlay:
     def stat(self, node: Node) -> Stat:
         st = os.lstat(self.real_path(node))
         nlink = st.st_nlink
+        tag = node.ino >> TAG_SHIFT
+        if nlink > 1 and node.upper and not node.is_dir and 2 <= tag < 2 + len(self.layers):
+            try:
+                ist = os.lstat(self.index_path(tag - 2, node.ino & REAL_MASK))
+                if ist.st_ino == st.st_ino and ist.st_dev == st.st_dev:
+                    nlink -= 1  # the index entry is not a name
+            except OSError:
+                pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:
             nlink = 1  # a merged directory: overlayfs cannot count its links either
         return Stat(node.ino, st, nlink)

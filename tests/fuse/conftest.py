@@ -239,4 +239,3 @@ def ovl(request: pytest.FixtureRequest, ovl_factory: OvlFactory) -> Ovl:
     """The standard tree mounted; ``request.param`` (indirect) picks the kind."""
     kind = getattr(request, "param", "overlayboot")
     return ovl_factory(kind)
-

@@ -321,10 +321,11 @@ IGNORED_UPPER_XATTRS = (
 OWN_XATTRS = ("trusted.overlayboot.", "user.overlayboot.")
 IGNORED_UPPER_PREFIXES = OWN_XATTRS
 # Inside the work directory, each implementation's own directory: kernel overlayfs'
-# index/ and work/, overlayboot's overlayboot/ (WORK_SUBDIR in overlayboot/fs/config.py),
-# which must be left empty after a clean unmount.
+# index/ and work/, overlayboot's overlayboot/ (WORK_SUBDIR in overlayboot/fs/config.py)
+# in which only its index/ may remain after a clean unmount.
 KERNEL_WORK_ENTRIES = {"index", "work"}
 OWN_WORK_ENTRY = {"overlayboot": "overlayboot"}
+OWN_WORK_KEPT = {"index"}
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,11 @@ def scan(root: Path, *, upper: bool = False) -> Tree:
             xattrs=_xattrs(path, upper),
             mtime_ns=st.st_mtime_ns if st.st_mtime_ns < OLD_NS else None,
         )
+        if kind == "whiteout":
+            # Only its name means something. The kernel makes whiteouts in its work dir
+            # (or links a shared one) and renames them in, so it ignores the setgid bit
+            # of the directory: owner, mode and times are left out.
+            tree[rel] = Entry(kind=kind, mode=0, uid=0, gid=0, rdev=rdev, xattrs=tree[rel].xattrs)
         if not is_dir:
             inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
         else:
@@ -617,7 +623,8 @@ class DiffSession:
             names = set(os.listdir(d / "work")) - KERNEL_WORK_ENTRIES
             if own in names:
                 names.remove(own)
-                names.update(f"{own}/{n}" for n in os.listdir(d / "work" / own))
+                kept = set(os.listdir(d / "work" / own)) - OWN_WORK_KEPT
+                names.update(f"{own}/{n}" for n in kept)
             left.append(sorted(names))
         if left[0] != left[1]:
             self._fail("after unmount the work dirs differ:", [f"  {left[0]} / {left[1]}"])

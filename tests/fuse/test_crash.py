@@ -1,0 +1,127 @@
+"""Crash safety: kill -9 the daemon in the middle of copy-ups, remount, find no torn file.
+
+Every file must show either its complete old content or a complete new one
+(old + whole appended records), and the remount must clear the scratch area
+the killed daemon left in the work dir.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from overlayboot.fs.daemon import pid_file
+from tests.fuse.conftest import Ovl, OvlFactory
+from tests.mounts import have_fuse, overlayboot_argv
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.slow,
+    pytest.mark.skipif(not have_fuse(), reason="needs root and /dev/fuse"),
+]
+
+MiB = 1 << 20
+SIZE_MIB = 200
+NFILES = 3
+MARK = b"<appended record>\n"
+BLOCK = bytes(range(256)) * 4096  # 1 MiB, the lower files repeat it
+
+WRITER = """
+import sys
+mark = sys.argv[1].encode()
+paths = sys.argv[2:]
+while True:
+    for p in paths:
+        try:
+            with open(p, "ab") as f:
+                f.write(mark)
+        except OSError:
+            sys.exit(0)
+"""
+
+
+def _big_files(o: Ovl) -> None:
+    for i in range(NFILES):
+        with open(o.lower1 / f"big{i}", "wb") as f:
+            for _ in range(SIZE_MIB):
+                f.write(BLOCK)
+
+
+def _tmp_files(scratch: Path) -> list[Path]:
+    try:
+        return [scratch / n for n in os.listdir(scratch) if n.startswith("tmp.")]
+    except FileNotFoundError:
+        return []
+
+
+def _check_whole(path: str) -> int:
+    """Old content plus k whole records: return k; fail on anything torn."""
+    size = os.stat(path).st_size
+    base = SIZE_MIB * MiB
+    k, rest = divmod(size - base, len(MARK))
+    assert size >= base and rest == 0, (path, size)
+    with open(path, "rb") as f:
+        for i in range(SIZE_MIB):
+            assert f.read(MiB) == BLOCK, (path, i)
+        assert f.read() == MARK * k, path
+    return k
+
+
+def test_kill_9_during_copy_ups(ovl_factory: OvlFactory) -> None:
+    o = ovl_factory(standard=False, prepare=_big_files, mount=False)
+    argv = [a for a in overlayboot_argv(o.lowers, o.upper, o.work, o.mnt) if a != "-f"]
+    subprocess.run([*argv, "--log", str(o.log)], check=True, timeout=60)
+    assert os.path.ismount(o.mnt)
+    pid = int(pid_file(o.mnt).read_text())
+    paths = [o.m(f"big{i}") for i in range(NFILES)]
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, MARK.decode(), *paths])
+    torn: list[Path] = []
+    try:
+        # kill once the first copy-up is done and the second is well under way
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if os.path.exists(o.u("big0")):
+                torn = [p for p in _tmp_files(o.scratch) if p.stat().st_size > 8 * MiB]
+                if torn:
+                    break
+            time.sleep(0.001)
+    finally:  # whatever happened, the daemon dies and the dead mount goes
+        os.kill(pid, signal.SIGKILL)
+        writer.kill()
+        writer.wait()
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        subprocess.run(["umount", "-l", str(o.mnt)], check=True)
+    assert torn, "never caught a copy-up in progress"
+    assert not os.path.ismount(o.mnt)
+    _check_after_crash(o, paths)
+
+
+def _check_after_crash(o: Ovl, paths: list[str]) -> None:
+    # the killed daemon left its half-built copy in the scratch area, nowhere else
+    assert _tmp_files(o.scratch)
+    for name in os.listdir(o.upper):
+        _check_whole(o.u(name))
+    assert _check_whole(o.u("big0")) >= 1
+
+    o.mount()
+    assert _tmp_files(o.scratch) == []
+    appended = [_check_whole(p) for p in paths]
+    assert appended[0] >= 1
+    # the mount works on: finish the copy-ups that were cut off
+    for p in paths:
+        with open(p, "ab") as f:
+            f.write(MARK)
+    assert [_check_whole(p) for p in paths] == [k + 1 for k in appended]
+    o.remount()
+    assert [_check_whole(p) for p in paths] == [k + 1 for k in appended]
