@@ -10,7 +10,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv pyt
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools
 
-.PHONY: all deps apt venv test lint typecheck pytest demo bench clean
+.PHONY: all deps apt venv test lint typecheck pytest demo clean
 
 all: test
 
@@ -35,8 +35,8 @@ $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 deps: apt venv
 
 lint: deps
-	$(VENV)/bin/ruff check overlayboot mkimage tests bench
-	$(VENV)/bin/ruff format --check overlayboot mkimage tests bench
+	$(VENV)/bin/ruff check overlayboot mkimage tests
+	$(VENV)/bin/ruff format --check overlayboot mkimage tests
 
 typecheck: deps
 	$(VENV)/bin/mypy overlayboot mkimage
@@ -48,9 +48,6 @@ test: lint typecheck pytest
 
 demo: deps
 	$(PY) -m overlayboot demo
-
-bench: deps
-	$(PY) bench/run.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
