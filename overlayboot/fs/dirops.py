@@ -115,6 +115,7 @@ async def unlink(ov: Overlay, parent: Node, name: bytes) -> Node:
     node = ov.require_child(parent, name)
     if node.is_dir:
         raise OSError(errno.EISDIR, "is a directory")
+    await _copy_up_if_linked(ov, node)
     await copy_up(ov, parent)
     upath = ov.upper_child(parent, name)
     positive = is_lower_positive(ov, parent, name)
@@ -151,6 +152,21 @@ async def rmdir(ov: Overlay, parent: Node, name: bytes) -> Node:
         make_whiteout(upath)
     ov.table.remove_name(node, parent, name)
     return node
+
+
+async def _copy_up_if_linked(ov: Overlay, node: Node) -> None:
+    """Before a name of a multiply-linked lower file goes away, copy the file up.
+
+    Its other names then share the upper copy, whose link count drops with the
+    name, as overlayfs with ``index=on`` does; left in the lower, they would go on
+    showing the lower file's link count.
+    """
+    if node.upper or node.is_dir or not node.lowers:
+        return
+    idx, rel = node.lowers[0]
+    st = ov.layers[idx].lstat(rel)
+    if st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+        await copy_up(ov, node)
 
 
 def _clear_whiteouts(upath: bytes) -> None:
@@ -212,6 +228,8 @@ async def rename(
             raise OSError(errno.EISDIR, "is a directory")
         if new.is_dir and ov.listing(new):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
+    if new is not None and not exchange:
+        await _copy_up_if_linked(ov, new)
     await copy_up(ov, oldp)
     await copy_up(ov, newp)
     await copy_up(ov, old)
