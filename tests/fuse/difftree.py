@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import os
 import shutil
@@ -359,6 +360,7 @@ class Entry:
     xattrs: tuple[tuple[str, bytes], ...] = ()
     mtime_ns: int | None = None  # only when older than OLD_NS
     links: tuple[str, ...] | None = None  # other names of the same inode
+    dirent: tuple[str, ...] = ()  # where its directory entry disagrees with lstat
 
 
 Tree = dict[str, Entry]
@@ -399,6 +401,36 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
+@dataclass
+class _Dirent:
+    """What readdir said of a name, checked against its lstat."""
+
+    ino: int
+    kind: str
+    count: int = 1
+
+    def problems(self, st: os.stat_result) -> tuple[str, ...]:
+        out = []
+        if self.count > 1:
+            out.append(f"listed {self.count} times")
+        if self.kind not in ("?", _KINDS[stat.S_IFMT(st.st_mode)]):
+            out.append(f"d_type {self.kind}")
+        if self.ino != st.st_ino:
+            out.append("d_ino is not st_ino")
+        return tuple(out)
+
+
+def _dirent_kind(d: os.DirEntry[str]) -> str:
+    # DirEntry answers from d_type without a system call when d_type is known.
+    if d.is_symlink():
+        return "symlink"
+    if d.is_dir(follow_symlinks=False):
+        return "dir"
+    if d.is_file(follow_symlinks=False):
+        return "file"
+    return "?"
+
+
 def scan(root: Path, *, upper: bool = False) -> Tree:
     """Snapshot the tree under ``root`` (keys are relative paths, ``"."`` for the root).
 
@@ -407,9 +439,9 @@ def scan(root: Path, *, upper: bool = False) -> Tree:
     """
     tree: Tree = {}
     inodes: dict[tuple[int, int], list[str]] = {}
-    stack = [(str(root), ".")]
+    stack: list[tuple[str, str, _Dirent | None]] = [(str(root), ".", None)]
     while stack:
-        path, rel = stack.pop()
+        path, rel, dirent = stack.pop()
         st = os.lstat(path)
         kind = _KINDS[stat.S_IFMT(st.st_mode)]
         rdev = (os.major(st.st_rdev), os.minor(st.st_rdev)) if kind in ("chr", "blk") else None
@@ -428,6 +460,7 @@ def scan(root: Path, *, upper: bool = False) -> Tree:
             rdev=rdev,
             xattrs=_xattrs(path, upper),
             mtime_ns=st.st_mtime_ns if st.st_mtime_ns < OLD_NS else None,
+            dirent=dirent.problems(st) if dirent else (),
         )
         if kind == "whiteout":
             # Only its name means something. The kernel makes whiteouts in its work dir
@@ -436,11 +469,17 @@ def scan(root: Path, *, upper: bool = False) -> Tree:
             tree[rel] = Entry(kind=kind, mode=0, uid=0, gid=0, rdev=rdev, xattrs=tree[rel].xattrs)
         if not is_dir:
             inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
-        else:
-            with os.scandir(path) as it:
-                names = sorted(e.name for e in it)
-            for name in reversed(names):
-                stack.append((os.path.join(path, name), name if rel == "." else f"{rel}/{name}"))
+            continue
+        listed: dict[str, _Dirent] = {}
+        with os.scandir(path) as it:
+            for d in it:
+                if d.name in listed:
+                    listed[d.name].count += 1
+                else:
+                    listed[d.name] = _Dirent(d.inode(), _dirent_kind(d))
+        for name in sorted(listed, reverse=True):
+            child = name if rel == "." else f"{rel}/{name}"
+            stack.append((os.path.join(path, name), child, listed[name]))
     if not upper:
         for group in inodes.values():
             for rel in group:
@@ -450,9 +489,7 @@ def scan(root: Path, *, upper: bool = False) -> Tree:
 
 
 def _replace(e: Entry, **changes: object) -> Entry:
-    values = {f.name: getattr(e, f.name) for f in fields(e)}
-    values.update(changes)
-    return Entry(**values)  # type: ignore[arg-type]
+    return dataclasses.replace(e, **changes)  # type: ignore[arg-type]
 
 
 def without(tree: Tree, *names: str, skip: set[str] | frozenset[str] = frozenset()) -> Tree:
@@ -645,11 +682,11 @@ class DiffSession:
             # lowers show there.
             view = view or lower_view(self.lowers, self.base / "lowerview")
             tolerated = rel in view and _same_as_lower(e, view[rel])
-            # Deliberate (overlayboot/fs/copyup.py, link_siblings): when a multiply-linked
-            # lower file is copied up, overlayboot links its other names into the upper
-            # too; the kernel links a name only when that name is copied up and reaches
-            # the copy through its index until then. Tolerated in the subject's upper
-            # for a name of a multiply-linked lower file that shows exactly this file.
+            # Documented (README, "Known differences"): when a multiply-linked lower file
+            # is copied up, overlayboot links its other names into the upper too; the
+            # kernel links a name only when that name is copied up and reaches the copy
+            # through its index until then. Tolerated in the subject's upper for a name
+            # of a multiply-linked lower file that shows exactly this file.
             seen = final.get(rel)
             tolerated |= (
                 rel not in ur
@@ -692,9 +729,12 @@ class DiffSession:
             rel: _replace(e, xattrs=tuple(x for x in e.xattrs if not x[0].startswith(OWN_XATTRS)))
             for rel, e in seen.items()
         }
+        # And without trusted.overlay.origin/impure (kernel bookkeeping that overlayboot
+        # does not write) the kernel's readdir d_ino of copied-up directories is not
+        # their st_ino: the readdir/lstat agreement is the subject's, not checked here.
         diff = diff_trees(
-            without(final, "nlink", "links", skip=skip),
-            without(seen, "nlink", "links", skip=skip),
+            without(final, "nlink", "links", "dirent", skip=skip),
+            without(seen, "nlink", "links", "dirent", skip=skip),
             f"{self.names[0]}-mount",
             "kernel-on-its-upper",
         )

@@ -36,7 +36,7 @@ from tests.fuse.difftree import (
 from tests.mounts import KINDS, have_fuse, have_kernel_overlay
 
 SUBJECT = os.environ.get("OVERLAYBOOT_DIFF_SUBJECT", "overlayboot")
-EXAMPLES = int(os.environ.get("OVERLAYBOOT_DIFF_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("OVERLAYBOOT_DIFF_EXAMPLES", "60"))
 STEPS = int(os.environ.get("OVERLAYBOOT_DIFF_STEPS", "30"))
 
 pytestmark = [
