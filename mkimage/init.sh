@@ -1,9 +1,11 @@
 #!/bin/sh
-# /init of the overlayboot initramfs (POSIX sh, run by busybox): the minimal one.
-# Mounts the API filesystems, loads the kernel modules in load order, says what it has,
-# then either runs the runtime smoke test (kernel parameter overlayboot.smoke: print a
-# marker line from the bundled Python, power off) or drops to a shell. The boot flow
-# (hooks/, installed under /usr/lib/overlayboot/hooks) takes over from here.
+# /init of the overlayboot initramfs (POSIX sh, run by busybox).
+# Mounts the API filesystems, then runs the boot phases in order: every NN-NAME.sh of
+# $OVERLAYBOOT_HOOKS (hooks/ of the repo) and of /etc/overlayboot/hooks.d (a user's own;
+# one with the same file name replaces the built-in phase), sorted by file name, each
+# sourced in this shell after hooks/lib.sh. overlayboot.break=NAME stops before phase NAME
+# with a rescue shell. A failing phase calls die: an ERROR: line, what was seen, then a
+# rescue shell or a power-off (overlayboot.onerror) -- never a kernel panic.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
@@ -13,48 +15,55 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 
 # shellcheck source=/dev/null
 . /etc/overlayboot/image.conf
+echo "overlayboot: kernel $(uname -r), initramfs up at $(cut -d' ' -f1 /proc/uptime) s"
 
-# args: none; prints the uptime in seconds
-uptime_s() {
-    read -r up _ < /proc/uptime
-    echo "$up"
-}
-
-echo "overlayboot: kernel $(uname -r), initramfs up at $(uptime_s) s"
-
-loaded=0
-failed=0
-while read -r module; do
-    [ -n "$module" ] || continue
-    if err=$(insmod "$module" 2>&1); then
-        loaded=$((loaded + 1))
-    else
-        failed=$((failed + 1))
-        echo "overlayboot: insmod ${module##*/}: ${err:-failed}"
-    fi
-done < "$OVERLAYBOOT_MODULES_LOAD"
-echo "overlayboot: modules: $loaded loaded, $failed failed; built in: $OVERLAYBOOT_BUILTIN_MODULES"
-
-smoke=
 for word in $(cat /proc/cmdline); do
     case $word in
-        overlayboot.smoke | overlayboot.smoke=*) smoke=1 ;;
-    esac
-done
-
-if [ -n "$smoke" ]; then
-    mkdir -p "${OVERLAYBOOT_RUNTIME_RUN%/*}"
-    cp -a "$OVERLAYBOOT_RUNTIME" "$OVERLAYBOOT_RUNTIME_RUN"
-    echo "overlayboot: runtime copied to $OVERLAYBOOT_RUNTIME_RUN at $(uptime_s) s"
-    "$OVERLAYBOOT_RUNTIME_RUN/python" --argv0 @overlayboot-smoke -c '
+        overlayboot.smoke | overlayboot.smoke=*)
+            # the image builder's smoke test: the bundled Python works from /run
+            mkdir -p "${OVERLAYBOOT_RUNTIME_RUN%/*}"
+            cp -a "$OVERLAYBOOT_RUNTIME" "$OVERLAYBOOT_RUNTIME_RUN"
+            loaded=0
+            failed=0
+            while read -r module; do
+                if insmod "$module" 2> /dev/null; then
+                    loaded=$((loaded + 1))
+                else
+                    failed=$((failed + 1))
+                fi
+            done < "$OVERLAYBOOT_MODULES_LOAD"
+            echo "overlayboot: modules: $loaded loaded, $failed failed"
+            "$OVERLAYBOOT_RUNTIME_RUN/python" --argv0 @overlayboot-smoke -c '
 import pyfuse3, trio
 print("OVERLAYBOOT-SMOKE: python ok pyfuse3", pyfuse3.__version__, "trio", trio.__version__,
       flush=True)
 ' || echo "OVERLAYBOOT-SMOKE: python FAILED ($?)"
-    echo "overlayboot: smoke test done at $(uptime_s) s; powering off"
-    sync
-    poweroff -f
-fi
+            sync
+            poweroff -f
+            ;;
+        overlayboot.break=early* | overlayboot.break=0*)
+            echo "overlayboot: break before phase early (overlayboot.break)"
+            setsid cttyhack sh
+            ;;
+    esac
+done
 
-echo "overlayboot: no boot flow yet; here is a shell"
-exec setsid cttyhack sh
+# shellcheck source=../hooks/lib.sh
+. "$OVERLAYBOOT_HOOKS/lib.sh"
+
+phases=$(
+    for f in "$OVERLAYBOOT_HOOKS"/[0-9]*.sh /etc/overlayboot/hooks.d/[0-9]*.sh; do
+        [ -f "$f" ] && echo "${f##*/} $f"
+    done | sort -k1,1 -s | awk '{ path[$1] = $2; if (!seen[$1]++) order[n++] = $1 }
+        END { for (i = 0; i < n; i++) print path[order[i]] }'
+)
+for hook in $phases; do
+    name=${hook##*/}
+    name=${name%.sh}
+    name=${name#*-}
+    [ "$name" = early ] || ob_break "$name"
+    debug "phase $name ($hook)"
+    # shellcheck source=/dev/null
+    . "$hook"
+done
+die "the boot phases ended without switching to the root (is 60-switch.sh missing?)"

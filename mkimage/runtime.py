@@ -67,6 +67,9 @@ from overlayboot.run import run
 ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.__main__",
     "overlayboot.cli",
+    "overlayboot.cmdline",
+    "overlayboot.probe",
+    "overlayboot.status",
     "overlayboot.fs.config",
     "overlayboot.fs.daemon",
     "runpy",

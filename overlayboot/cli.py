@@ -151,6 +151,16 @@ def umount_cmd(mountpoint: Path, timeout: float) -> None:
             raise MountError(f"the daemon (pid {pid}) of {mnt} has not exited after {timeout} s")
 
 
+@cli.command("status")
+@domain_errors
+def status_cmd() -> None:
+    """Show what the running live system is made of: medium, layers, upper usage."""
+    from overlayboot.status import read_status
+
+    for line in read_status().lines():
+        click.echo(line)
+
+
 @cli.command("demo")
 @click.option("--dir", "base", type=click.Path(path_type=Path), default=Path("build/demo"))
 @domain_errors

@@ -246,8 +246,20 @@ def read_image_conf(path: Path = IMAGE_CONF) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        out[key.strip()] = value.strip().strip('"')
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1].replace("'\\''", "'")
+        out[key.strip()] = value
     return out
+
+
+def image_defaults(conf: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The image's baked-in label and parameters: (defaults, extra command-line text)."""
+    defaults: dict[str, str] = {}
+    label = conf.get("OVERLAYBOOT_LABEL")
+    if label:
+        defaults["medium"] = f"LABEL={label}"
+    return defaults, conf.get("OVERLAYBOOT_PARAMS", "")
 
 
 def to_shell(cfg: BootConfig) -> str:
@@ -277,8 +289,9 @@ def to_shell(cfg: BootConfig) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     text = args[0] if args else Path("/proc/cmdline").read_text()
+    defaults, baked = image_defaults(read_image_conf())
     try:
-        cfg = parse_cmdline(text, read_image_conf())
+        cfg = parse_cmdline(f"{baked} {text}", defaults)
     except CmdlineError as exc:
         print(f"ERROR: bad kernel command line: {exc.line()}", file=sys.stderr)
         return 1
