@@ -11,7 +11,8 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+# not nodev: the overlay daemon runs chrooted in /run/overlayboot with its own /dev/fuse
+mount -t tmpfs -o mode=0755,nosuid tmpfs /run
 
 # shellcheck source=/dev/null
 . /etc/overlayboot/image.conf

@@ -74,7 +74,7 @@ def boot(kernel: Kernel, initramfs: BuiltInitramfs, drives: list[str], *params: 
     config = VmConfig(
         kernel=kernel.image,
         initrd=initramfs.path,
-        append=("overlayboot.timeout=15", *params),
+        append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
         extra=tuple(drives),
     )
     return Vm(config)
