@@ -29,7 +29,11 @@ sync
 echo "OVERLAYBOOT-ROOT: powering off"
 poweroff -f
 """
-APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack dd df rm mkdir stat sleep head"
+APPLETS = (
+    "sh cat echo ls mount grep sync poweroff setsid cttyhack dd df rm mkdir stat sleep head "
+    "seq md5sum wc tail cmp"
+)
+DATA_FILES = 30
 
 
 def _tiny_root(root: Path) -> None:
@@ -43,6 +47,9 @@ def _tiny_root(root: Path) -> None:
     (root / "sbin" / "init").write_text(ROOT_INIT)
     (root / "sbin" / "init").chmod(0o755)
     (root / "etc" / "release").write_text("from the lower layer\n")
+    (root / "data").mkdir()
+    for i in range(DATA_FILES):
+        (root / "data" / f"f{i}").write_text(f"old-{i}\n" * 8000)
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +239,110 @@ def test_full_tmpfs_upper_gives_enospc_and_stays_up(
         assert run(vm, "F3", "cat /etc/release") == "from the lower layer"
         vm.send("exit\n")
         vm.wait_exit(timeout=60)
+
+
+def _iso_of(tree: Path, dest: Path, label: str = "OVERLAYBOOT") -> Path:
+    subprocess.run(
+        ["xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-o", str(dest), str(tree)],
+        check=True,
+        capture_output=True,
+    )
+    return dest
+
+
+def test_usb_stick_medium_and_usb_persistence(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
+) -> None:
+    rw = _persistence(tmp_path / "rw.img")
+    usb = [
+        "-device", "qemu-xhci,id=xhci",
+        "-drive", f"if=none,id=stick,file={medium},format=raw,readonly=on",
+        "-device", "usb-storage,bus=xhci.0,drive=stick",
+        "-drive", f"if=none,id=rw,file={rw},format=raw",
+        "-device", "usb-storage,bus=xhci.0,drive=rw",
+    ]  # fmt: skip
+    upper = "overlayboot.upper=LABEL=overlayboot-rw"
+    with boot(kernel, initramfs, usb, upper) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        medium_line = vm.wait_for(r"overlayboot: medium: ", timeout=1)
+        assert "/dev/sd" in medium_line.text, vm.log()
+        assert run(vm, "U1", "echo usb > /usb-note && cat /usb-note") == "usb"
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+    with boot(kernel, initramfs, usb, upper) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        assert run(vm, "U2", "cat /usb-note") == "usb"
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+
+
+def test_toram_frees_the_medium(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:
+    with boot(kernel, initramfs, cd(medium), "overlayboot.toram") as vm:
+        vm.wait_for(r"overlayboot: the medium can be removed", timeout=240)
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
+        assert run(vm, "T1", "grep -c sr0 /proc/mounts") == "0"
+        assert run(vm, "T2", "cat /etc/release") == "from the lower layer"
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+
+
+def test_findiso_on_a_partition(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    (store / "isos").mkdir(parents=True)
+    shutil.copy(medium, store / "isos" / "live.iso")
+    img = tmp_path / "store.img"
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "isostore", "-d", str(store), str(img), "64M"], check=True
+    )
+    params = ("overlayboot.medium=LABEL=isostore", "overlayboot.findiso=/isos/live.iso")
+    with boot(kernel, initramfs, disk(img), *params) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        assert run(vm, "I1", "grep -c findiso=/isos/live.iso /run/overlayboot/state") == "1"
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+
+
+def test_break_gives_a_shell_then_goes_on(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path
+) -> None:
+    with boot(kernel, initramfs, cd(medium), "overlayboot.break=upper") as vm:
+        vm.wait_for(r"break before phase upper", timeout=240)
+        vm.wait_for(r"rescue shell", timeout=30)
+        assert run(vm, "B1", "ls /run/overlayboot/lower/etc") == "release"
+        vm.send("exit\n")
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+
+
+def test_power_cut_leaves_old_or_new_contents(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
+) -> None:
+    rw = _persistence(tmp_path / "rw.img")
+    upper = "overlayboot.upper=LABEL=overlayboot-rw"
+    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        # append to every lower file (a copy-up each), over and over, until the power goes
+        vm.send(
+            "while true; do for i in $(seq 0 LAST); do echo new-$i >> /data/f$i; done; "
+            "echo ROUND-DONE; done\n".replace("LAST", str(DATA_FILES - 1))
+        )
+        vm.wait_for(r"^ROUND-DONE", timeout=120)
+        vm.kill()  # the power cut: SIGKILL to QEMU mid-write
+    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        # every file: its 8000 old lines, then only whole "new-i" lines
+        check = (
+            "bad=0; for i in $(seq 0 LAST); do f=/data/f$i; "
+            "[ $(head -n 8000 $f | grep -c ^old-$i$) = 8000 ] || bad=$((bad+1)); "
+            "n=$(wc -l < $f); t=$((n - 8000)); "
+            "[ $t = 0 ] || [ $(tail -n $t $f | grep -c ^new-$i$) = $t ] || bad=$((bad+1)); "
+            "done; echo $bad"
+        ).replace("LAST", str(DATA_FILES - 1))
+        assert run(vm, "C1", check, timeout=120) == "0", vm.log()
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+    fsck = subprocess.run(["e2fsck", "-fn", str(rw)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
