@@ -8,9 +8,9 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
-	zstd xz-utils cpio ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools
+	zstd xz-utils cpio ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk
 
-.PHONY: all deps apt venv test lint typecheck pytest demo clean
+.PHONY: all deps apt venv test lint typecheck pytest demo bench clean
 
 all: test
 
@@ -35,11 +35,11 @@ $(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
 deps: apt venv
 
 lint: deps
-	$(VENV)/bin/ruff check overlayboot mkimage tests
-	$(VENV)/bin/ruff format --check overlayboot mkimage tests
+	$(VENV)/bin/ruff check overlayboot mkimage tests bench
+	$(VENV)/bin/ruff format --check overlayboot mkimage tests bench
 
 typecheck: deps
-	$(VENV)/bin/mypy overlayboot mkimage
+	$(VENV)/bin/mypy overlayboot mkimage bench
 
 pytest: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -48,6 +48,11 @@ test: lint typecheck pytest
 
 demo: deps
 	$(PY) -m overlayboot demo
+
+# the benchmark suite (root; about 10 min): BENCH_ARGS=--quick for a smoke run, see bench/README.md
+BENCH_ARGS ?=
+bench: deps
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

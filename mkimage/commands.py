@@ -197,3 +197,213 @@ def kernel_fetch_cmd(series: str, cache: Path) -> None:
     click.echo(f"  modules {k.modules}")
     if k.config is not None:
         click.echo(f"  config  {k.config}")
+
+
+# --- root, squashfs, ISO, USB, everything --------------------------------------------
+
+
+@build.command("rootfs")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path),
+    help="A root directory or tarball to use instead of the built-in busybox root.",
+)
+@click.option(
+    "--debian",
+    is_flag=True,
+    help="debootstrap --variant=minbase bookworm + systemd-sysv (slow; root, network).",
+)
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), default=Path("build/rootfs"),
+    show_default=True,
+)  # fmt: skip
+@domain_errors
+def build_rootfs_cmd(source: Path | None, debian: bool, output: Path) -> None:
+    """Build the root tree: the busybox default, a Debian root, or a copy of DIR/TARBALL."""
+    from mkimage import rootfs
+
+    started = time.monotonic()
+    if source is not None and debian:
+        raise UsageError("--from and --debian exclude each other")
+    if debian:
+        root = rootfs.build_debian_root(output)
+    elif source is not None:
+        root = rootfs.copy_root(source, output)
+    else:
+        root = rootfs.build_busybox_root(output)
+    click.echo(f"{root.path}: init {root.init}, {time.monotonic() - started:.1f} s")
+
+
+@build.command("squashfs")
+@click.argument("rootdir", type=click.Path(path_type=Path))
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path),
+    default=Path("build/filesystem.squashfs"), show_default=True,
+)  # fmt: skip
+@click.option(
+    "--compression",
+    type=click.Choice(("zstd", "xz", "gzip", "lz4", "lzo")),
+    default="zstd",
+    show_default=True,
+)
+@click.option("--level", type=int, help="Compression level (zstd 1-22; mksquashfs default 15).")
+@click.option("--all-root/--keep-owners", default=None, help="[default: all-root if not root's]")
+@click.option("--source-date-epoch", type=int, default=None)
+@domain_errors
+def build_squashfs_cmd(
+    rootdir: Path,
+    output: Path,
+    compression: str,
+    level: int | None,
+    all_root: bool | None,
+    source_date_epoch: int | None,
+) -> None:
+    """Build a reproducible squashfs image of ROOTDIR (which must hold an init)."""
+    from mkimage.squashfs import SquashfsSpec, build_squashfs
+
+    started = time.monotonic()
+    epoch = source_date_epoch if source_date_epoch is not None else _default_epoch()
+    spec = SquashfsSpec(compression, level, epoch, all_root=all_root)
+    built = build_squashfs(rootdir, output, spec)
+    click.echo(
+        f"{built.path}: {built.size:,d} bytes ({compression}), init {built.root.init}, "
+        f"{time.monotonic() - started:.1f} s"
+    )
+
+
+@build.command("iso")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path), default=Path("build/overlayboot.iso"),
+    show_default=True,
+)  # fmt: skip
+@click.option("--kernel-series", default=DEFAULT_SERIES, show_default=True)
+@click.option("--kernel-image", type=click.Path(path_type=Path), help="A kernel image file.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@click.option(
+    "--initramfs", type=click.Path(path_type=Path), default=Path("build/initramfs.img"),
+    show_default=True,
+)  # fmt: skip
+@click.option(
+    "--squashfs", type=click.Path(path_type=Path), default=Path("build/filesystem.squashfs"),
+    show_default=True,
+)  # fmt: skip
+@click.option("--label", default="OVERLAYBOOT", show_default=True, help="ISO volume label.")
+@click.option("--timeout", type=int, default=5, show_default=True, help="GRUB menu seconds.")
+@click.option("--param", "params", multiple=True, help="A boot parameter for every entry.")
+@click.option("--no-serial", is_flag=True, help="No serial console in GRUB and the kernel.")
+@click.option("--source-date-epoch", type=int, default=None)
+@domain_errors
+def build_iso_cmd(
+    output: Path,
+    kernel_series: str,
+    kernel_image: Path | None,
+    cache: Path,
+    initramfs: Path,
+    squashfs: Path,
+    label: str,
+    timeout: int,
+    params: tuple[str, ...],
+    no_serial: bool,
+    source_date_epoch: int | None,
+) -> None:
+    """Build the hybrid ISO (BIOS + UEFI, CD + USB) from kernel, initramfs and squashfs."""
+    from mkimage.grub import Menu
+    from mkimage.initramfs import ImageConfig
+    from mkimage.iso import IsoSpec, build_iso
+
+    started = time.monotonic()
+    ImageConfig(label=label)  # the same label rules as the initramfs
+    epoch = source_date_epoch if source_date_epoch is not None else _default_epoch()
+    image = kernel_image if kernel_image is not None else fetch_kernel(cache, kernel_series).image
+    menu = Menu(label=label, timeout=timeout, params=params, serial=not no_serial)
+    built = build_iso(IsoSpec(image, initramfs, squashfs, menu, epoch), output)
+    click.echo(
+        f"{built.path}: {built.size:,d} bytes, label {built.label}, "
+        f"{time.monotonic() - started:.1f} s"
+    )
+
+
+@build.command("usb")
+@click.option(
+    "--output", "-o", type=click.Path(path_type=Path),
+    default=Path("build/overlayboot-usb.img"), show_default=True,
+)  # fmt: skip
+@click.option(
+    "--iso", type=click.Path(path_type=Path), default=Path("build/overlayboot.iso"),
+    show_default=True,
+)  # fmt: skip
+@click.option("--persistence-size", default="256M", show_default=True)
+@click.option("--persistence-label", default="overlayboot-rw", show_default=True)
+@click.option("--source-date-epoch", type=int, default=None)
+@domain_errors
+def build_usb_cmd(
+    output: Path,
+    iso: Path,
+    persistence_size: str,
+    persistence_label: str,
+    source_date_epoch: int | None,
+) -> None:
+    """Build a USB stick image: the hybrid ISO plus an ext4 persistence partition."""
+    from mkimage.persistence import parse_size
+    from mkimage.usb import build_usb
+
+    started = time.monotonic()
+    epoch = source_date_epoch if source_date_epoch is not None else _default_epoch()
+    built = build_usb(
+        iso, output, size=parse_size(persistence_size), label=persistence_label, epoch=epoch
+    )
+    p = built.partition
+    click.echo(
+        f"{built.path}: {built.size:,d} bytes; partition {p.slot} = ext4 "
+        f"{built.persistence.label} at sector {p.start}, {p.sectors} sectors; "
+        f"{time.monotonic() - started:.1f} s"
+    )
+
+
+@build.command("all")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="An image.toml.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="[default: build]")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, show_default=True)
+@domain_errors
+def build_all_cmd(config_file: Path | None, output: Path | None, cache: Path) -> None:
+    """Build everything: kernel, rootfs, squashfs, initramfs, ISO and USB image."""
+    from dataclasses import replace
+
+    from mkimage.config import ImageSpec, load_spec
+    from mkimage.pipeline import STEPS, build_all, sizes
+    from mkimage.progress import Steps
+
+    spec = load_spec(config_file) if config_file is not None else ImageSpec()
+    if output is not None:
+        spec = replace(spec, output=output)
+    epoch = spec.source_date_epoch if spec.source_date_epoch is not None else _default_epoch()
+    steps = Steps(len(STEPS))
+    out = build_all(spec, epoch, steps=steps, cache=cache)
+    for path, size in sizes(out):
+        click.echo(f"  {path}  {size / (1 << 20):.1f} MiB")
+    click.echo(steps.summary())
+
+
+@click.group("persistence")
+def persistence() -> None:
+    """Make persistence partitions and images."""
+
+
+@persistence.command("create")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--size", default="256M", show_default=True, help="Size of a new image file.")
+@click.option("--label", default="overlayboot-rw", show_default=True)
+@click.option("--table", is_flag=True, help="Image file: an MBR and one partition at 1 MiB.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file or filesystem.")
+@domain_errors
+def persistence_create_cmd(target: Path, size: str, label: str, table: bool, force: bool) -> None:
+    """Make an ext4 persistence filesystem on a DEVICE (partition) or as an IMAGE file."""
+    from mkimage.persistence import create_persistence, parse_size
+
+    fs = create_persistence(
+        target, size=parse_size(size), label=label, table=table, force=force,
+        epoch=_default_epoch(),
+    )  # fmt: skip
+    where = f" at byte {fs.offset}" if fs.offset else ""
+    click.echo(f"{fs.path}: ext4 {fs.label} ({fs.size:,d} bytes{where}), UUID {fs.uuid}")

@@ -171,11 +171,12 @@ def demo_cmd(base: Path) -> None:
     run_demo(base)
 
 
-from mkimage.commands import build, inspect, kernel  # noqa: E402  (they use domain_errors)
+from mkimage.commands import build, inspect, kernel, persistence  # noqa: E402  (they use domain_errors)
 
 cli.add_command(build)
 cli.add_command(inspect)
 cli.add_command(kernel)
+cli.add_command(persistence)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

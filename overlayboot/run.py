@@ -46,6 +46,14 @@ PACKAGES: dict[str, str] = {
     "findmnt": "util-linux",
     "getfattr": "attr",
     "strip": "binutils",
+    "cp": "coreutils",
+    "tar": "tar",
+    "grub-mkimage": "grub-common",
+    "mcopy": "mtools",
+    "mmd": "mtools",
+    "sfdisk": "fdisk",
+    "blkid": "util-linux",
+    "isoinfo": "genisoimage",
 }
 
 

@@ -69,6 +69,40 @@ class VmConfig:
         return args
 
 
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+
+
+@dataclass(frozen=True)
+class MediaVmConfig:
+    """Boot from firmware: an ISO as a CD (``cdrom``) or a disk image (``disk``).
+
+    ``uefi`` uses OVMF on q35 (pflash: the read-only code and ``vars``, a writable copy of
+    OVMF_VARS.fd that the caller makes); otherwise SeaBIOS on the default machine. Disks
+    are opened with ``-snapshot``: the image is never written.
+    """
+
+    cdrom: Path | None = None
+    disk: Path | None = None
+    uefi: bool = False
+    vars: Path | None = None
+    memory_mib: int = 1024
+    extra: Sequence[str] = ()
+
+    def argv(self) -> list[str]:
+        args = [QEMU, *accel_args(), "-m", str(self.memory_mib), "-nographic", "-no-reboot"]
+        if self.uefi:
+            assert self.vars is not None, "UEFI needs a writable copy of OVMF_VARS.fd"
+            args += ["-machine", "q35"]
+            args += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+            args += ["-drive", f"if=pflash,format=raw,file={self.vars}"]
+        if self.cdrom is not None:
+            args += ["-cdrom", str(self.cdrom)]
+        if self.disk is not None:
+            args += ["-snapshot", "-drive", f"file={self.disk},format=raw"]
+        return [*args, *self.extra]
+
+
 @dataclass(frozen=True)
 class Line:
     """One console line and the seconds since QEMU started."""
@@ -80,7 +114,7 @@ class Line:
 class Vm:
     """A running QEMU; use as a context manager."""
 
-    def __init__(self, config: VmConfig) -> None:
+    def __init__(self, config: VmConfig | MediaVmConfig) -> None:
         self.config = config
         self.lines: list[Line] = []
         self._cond = threading.Condition()
