@@ -1,5 +1,5 @@
 # overlayboot — two commands set up a fresh Debian 12 machine (as root):
-#   make demo   installs what it needs and shows an overlay at work
+#   make demo   installs what it needs, builds the default image and boots it under QEMU
 #   make test   installs what it needs and runs lint, types and the tests
 SHELL := /bin/bash
 PYTHON_SYS ?= /usr/bin/python3.11
@@ -49,7 +49,7 @@ test: lint typecheck pytest
 demo: deps
 	$(PY) -m overlayboot demo
 
-# the benchmark suite (root; about 10 min): BENCH_ARGS=--quick for a smoke run, see bench/README.md
+# the benchmark suite (root; about 8 min): BENCH_ARGS=--quick for a smoke run, see bench/README.md
 BENCH_ARGS ?=
 bench: deps
 	$(PY) -m bench $(BENCH_ARGS)

@@ -162,13 +162,17 @@ def status_cmd() -> None:
 
 
 @cli.command("demo")
-@click.option("--dir", "base", type=click.Path(path_type=Path), default=Path("build/demo"))
+@click.option("--dir", "base", type=click.Path(path_type=Path), default=None)
+@click.option("--overlay", is_flag=True, help="Show the overlay alone (no image, no VM).")
 @domain_errors
-def demo_cmd(base: Path) -> None:
-    """Mount a demo overlay over a squashfs lower and show copy-up, whiteouts and persistence."""
-    from overlayboot.demo import run_demo
+def demo_cmd(base: Path | None, overlay: bool) -> None:
+    """Build the default image and boot it under QEMU: a write, a reboot, the change survives."""
+    from overlayboot.demo import run_demo, run_live_demo
 
-    run_demo(base)
+    if overlay:
+        run_demo(base or Path("build/demo"))
+    else:
+        run_live_demo(base or Path("build/demo-image"))
 
 
 from mkimage.commands import build, inspect, kernel, persistence  # noqa: E402  (they use domain_errors)
