@@ -82,7 +82,14 @@ def overlay_mount(
     if kind == "overlayboot":
         argv = [*overlayboot_argv(lowers, upper, work, mnt), "--log", str(log_path), *extra_args]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_mounted(mnt, proc=proc)
+        try:
+            wait_mounted(mnt, proc=proc)
+        except BaseException:
+            # A daemon that never mounted must not outlive the test.
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            raise
     elif kind == "kernel":
         opts = f"lowerdir={lowerdir},upperdir={upper},workdir={work},redirect_dir=on,index=on"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(mnt)], check=True)

@@ -58,6 +58,16 @@ class Overlay:
         root.lowers = tuple((i, b"") for i in range(len(self.layers)))
         self._root_ino_real = os.lstat(self.upper_root).st_ino
         self.hardlink_maps: dict[int, dict[int, list[bytes]]] = {}
+        # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
+        # unmounts what it can, and an idle lower or upper would go from under the root.
+        self._pins = [
+            os.open(path, os.O_PATH | os.O_DIRECTORY)
+            for path in [
+                *(layer.root for layer in self.layers),
+                self.upper_root,
+                os.fsencode(cfg.work),
+            ]
+        ]
 
     # ---------------------------------------------------------------- setup
 
