@@ -63,9 +63,9 @@ def cli() -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=1.0,
+    default=60.0,
     show_default=True,
-    help="Seconds the kernel may cache entries and attributes.",
+    help="Seconds the kernel caches entries and attributes (only the daemon changes layers).",
 )
 @click.argument("args", nargs=-1, type=click.Path(path_type=Path))
 @domain_errors

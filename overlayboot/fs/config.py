@@ -29,7 +29,7 @@ class OverlayConfig:
     upper: Path
     work: Path
     xattrs: XattrNames = field(default_factory=default_namespace)
-    timeout: float = 1.0
+    timeout: float = 60.0
     fsname: str = "overlayboot"
     options: frozenset[str] = frozenset()
 
