@@ -10,7 +10,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv pyt
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk
 
-.PHONY: all deps apt venv test lint typecheck pytest demo bench clean
+.PHONY: all deps apt venv test test-slow lint typecheck pytest demo bench clean
 
 all: test
 
@@ -41,10 +41,15 @@ lint: deps
 typecheck: deps
 	$(VENV)/bin/mypy overlayboot mkimage bench
 
+# the default run: everything but the slow tier (unit, real FUSE mounts, QEMU boots)
 pytest: deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# the slow tier (a debootstrapped Debian root with systemd under QEMU, build all): CI runs it too
+test-slow: deps
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) -m overlayboot demo
