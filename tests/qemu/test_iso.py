@@ -85,3 +85,60 @@ def test_uefi_cdrom(media: Media, tmp_path: Path) -> None:
 def test_bios_usb_disk(media: Media) -> None:
     seen = boot(MediaVmConfig(disk=media.usb))
     print(f"BIOS USB: {seen}")
+
+
+def test_usb_image_persistence_over_usb_storage(
+    kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
+) -> None:
+    """The USB image on a usb-storage stick: its own persistence partition keeps a write."""
+    epoch = DEFAULT_SOURCE_DATE_EPOCH
+    root = build_busybox_root(tmp_path / "rootfs")
+    squashfs = build_squashfs(
+        root.path, tmp_path / "fs.squashfs", SquashfsSpec(source_date_epoch=epoch)
+    )
+    menu = Menu(timeout=0, params=("overlayboot.onerror=poweroff",))
+
+    def stick(name: str, *params: str) -> Path:
+        m = Menu(timeout=0, params=(*menu.params, *params))
+        iso = build_iso(IsoSpec(kernel.image, initramfs.path, squashfs.path, m, epoch),
+                        tmp_path / f"{name}.iso", progress=False)  # fmt: skip
+        return build_usb(iso.path, tmp_path / f"{name}.img", size=32 << 20, epoch=epoch).path
+
+    def usb(img: Path) -> MediaVmConfig:
+        return MediaVmConfig(
+            extra=(
+                "-device",
+                "qemu-xhci,id=xhci",
+                "-drive",
+                f"if=none,id=stick,file={img},format=raw",
+                "-device",
+                "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
+            )
+        )
+
+    img = stick("persist", "overlayboot.upper=LABEL=overlayboot-rw")
+    for n, command, expect in (
+        (1, "echo kept > /usb-note; cat /usb-note", "kept"),
+        (2, "cat /usb-note", "kept"),
+    ):
+        with Vm(usb(img)) as vm:
+            vm.wait_for(ROOT_UP, timeout=180)
+            vm.send(f"echo S{n}:$({command})\n")
+            vm.wait_for(rf"^S{n}:{expect}", timeout=30)
+            vm.send("poweroff\n")
+            vm.wait_exit(timeout=60)
+    # the same stick, its boot part rebuilt with overlayboot.upper=tmpfs (the partition table
+    # and the persistence partition kept): the change is not there
+    tmpfs_iso = tmp_path / "tmpfs.iso"
+    stick("tmpfs", "overlayboot.upper=tmpfs")
+    iso_bytes = tmpfs_iso.read_bytes()
+    blob = bytearray(img.read_bytes())
+    assert len(iso_bytes) <= (tmp_path / "persist.iso").stat().st_size
+    blob[512 : len(iso_bytes)] = iso_bytes[512:]
+    img.write_bytes(bytes(blob))
+    with Vm(usb(img)) as vm:
+        vm.wait_for(ROOT_UP, timeout=180)
+        vm.send("echo S3:$(cat /usb-note 2>/dev/null || echo absent)\n")
+        vm.wait_for(r"^S3:absent", timeout=30)
+        vm.send("poweroff\n")
+        vm.wait_exit(timeout=60)
