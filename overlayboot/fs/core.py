@@ -209,7 +209,13 @@ class Overlay:
     # ---------------------------------------------------------------- attributes
 
     def stat(self, node: Node) -> Stat:
-        st = os.lstat(self.real_path(node))
+        if node.upper:
+            st = os.lstat(self.upper_path(node))
+        else:
+            if not node.lowers:
+                raise OSError(errno.ENOENT, "no lower")
+            idx, rel = node.lowers[0]
+            st = self.layers[idx].lstat(rel)
         nlink = st.st_nlink
         tag = node.ino >> TAG_SHIFT
         if nlink > 1 and node.upper and not node.is_dir and 2 <= tag < 2 + len(self.layers):

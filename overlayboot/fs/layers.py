@@ -52,6 +52,7 @@ class LowerLayer:
         self.root = root.rstrip(b"/") or b"/"
         self.names = names
         self._cache: dict[bytes, Listing | None] = {}
+        self._stats: dict[bytes, os.stat_result] = {}
 
     def path(self, rel: bytes) -> bytes:
         if not rel:
@@ -116,4 +117,11 @@ class LowerLayer:
         return Listing(entries, frozenset(whiteouts), opaque, redirect)
 
     def lstat(self, rel: bytes) -> os.stat_result:
-        return os.lstat(self.path(rel))
+        """lstat of a lower object, read once: a lower layer does not change."""
+        st = self._stats.get(rel)
+        if st is None:
+            st = os.lstat(self.path(rel))
+            if len(self._stats) > 1_000_000:
+                self._stats.clear()
+            self._stats[rel] = st
+        return st
