@@ -153,12 +153,12 @@ async def build_copy(
     ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int, int], *, data: bool = True
 ) -> bytes:
     """Build a copy of lower object ``src`` under the work dir; return its temporary path."""
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return copy_dir_sync(ov, src, st, origin)
     tmp = ov.tmp_path()
     try:
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            os.mkdir(tmp, 0o700)
-        elif stat.S_ISREG(mode):
+        if stat.S_ISREG(mode):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 size = st.st_size if data else 0
@@ -294,7 +294,7 @@ def ensure_upper_dirs(
 
 
 def copy_dir_sync(ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int, int]) -> bytes:
-    """The directory case of :func:`build_copy`, synchronous."""
+    """Build a copy of lower directory ``src`` (not its entries: they stay merged) in work."""
     tmp = ov.tmp_path()
     try:
         os.mkdir(tmp, 0o700)

@@ -56,7 +56,6 @@ class Overlay:
         root = self.table.root
         root.upper = True
         root.lowers = tuple((i, b"") for i in range(len(self.layers)))
-        self._root_ino_real = os.lstat(self.upper_root).st_ino
         self.hardlink_maps: dict[int, dict[int, list[bytes]]] = {}
         # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
         # unmounts what it can, and an idle lower or upper would go from under the root.

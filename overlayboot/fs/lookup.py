@@ -79,7 +79,7 @@ def lookup(
         if upper_st is None:
             return None
         return Resolved(True, upper_st, (), opaque, redirect)
-    found, found_dir, _ = lowers
+    found, found_dir = lowers
     if upper_st is None:
         if not found:
             return None
@@ -93,8 +93,8 @@ def _lookup_lowers(
     name: bytes,
     redirect: bytes | None,
     is_dir: bool | None,
-) -> tuple[list[LowerRef], bool, bool] | None:
-    """Walk the lower layers; returns (merge stack, is_dir, opaque) or None if nothing."""
+) -> tuple[list[LowerRef], bool] | None:
+    """Walk the lower layers; returns (merge stack, is_dir) or None if nothing."""
     found: list[LowerRef] = []
     by_layer = dict(parent_lowers)
     abs_path: bytes | None = None
@@ -107,7 +107,6 @@ def _lookup_lowers(
     first_layer = min(by_layer) if by_layer else len(layers)
     if abs_path is not None:
         first_layer = 0
-    opaque = False
     for idx in range(first_layer, len(layers)):
         if abs_path is not None:
             parent_rel, leaf = split(abs_path)
@@ -136,7 +135,6 @@ def _lookup_lowers(
         if child is None:
             break
         if child.opaque:
-            opaque = True
             break
         if child.redirect is not None:
             if child.redirect.startswith(b"/"):
@@ -147,7 +145,7 @@ def _lookup_lowers(
                 rel_name = child.redirect
     if not found:
         return None
-    return found, bool(is_dir), opaque
+    return found, bool(is_dir)
 
 
 def lower_positive(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import os
 
 RENAME_NOREPLACE = 1
@@ -68,7 +67,3 @@ def dir_has_dtype(path: bytes) -> bool:
             return bool(ent.contents.d_type != DT_UNKNOWN)
     finally:
         _closedir(d)
-
-
-def is_enospc(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
