@@ -17,4 +17,4 @@ while read -r module; do
         esac
     fi
 done < "$OVERLAYBOOT_MODULES_LOAD"
-log "modules: $loaded loaded, $failed not loaded"
+log "modules: $loaded loaded, $failed failed"

@@ -18,22 +18,17 @@ mount -t tmpfs -o mode=0755,nosuid tmpfs /run
 . /etc/overlayboot/image.conf
 echo "overlayboot: kernel $(uname -r), initramfs up at $(cut -d' ' -f1 /proc/uptime) s"
 
+# shellcheck source=../hooks/lib.sh
+. "$OVERLAYBOOT_HOOKS/lib.sh"
+
 for word in $(cat /proc/cmdline); do
     case $word in
         overlayboot.smoke | overlayboot.smoke=*)
             # the image builder's smoke test: the bundled Python works from /run
             mkdir -p "${OVERLAYBOOT_RUNTIME_RUN%/*}"
             cp -a "$OVERLAYBOOT_RUNTIME" "$OVERLAYBOOT_RUNTIME_RUN"
-            loaded=0
-            failed=0
-            while read -r module; do
-                if insmod "$module" 2> /dev/null; then
-                    loaded=$((loaded + 1))
-                else
-                    failed=$((failed + 1))
-                fi
-            done < "$OVERLAYBOOT_MODULES_LOAD"
-            echo "overlayboot: modules: $loaded loaded, $failed failed"
+            # shellcheck source=../hooks/10-modules.sh
+            . "$OVERLAYBOOT_HOOKS/10-modules.sh"
             "$OVERLAYBOOT_RUNTIME_RUN/python" --argv0 @overlayboot-smoke -c '
 import pyfuse3, trio
 print("OVERLAYBOOT-SMOKE: python ok pyfuse3", pyfuse3.__version__, "trio", trio.__version__,
@@ -48,9 +43,6 @@ print("OVERLAYBOOT-SMOKE: python ok pyfuse3", pyfuse3.__version__, "trio", trio.
             ;;
     esac
 done
-
-# shellcheck source=../hooks/lib.sh
-. "$OVERLAYBOOT_HOOKS/lib.sh"
 
 phases=$(
     for f in "$OVERLAYBOOT_HOOKS"/[0-9]*.sh /etc/overlayboot/hooks.d/[0-9]*.sh; do
