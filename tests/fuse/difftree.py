@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import errno
 import os
@@ -26,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from tests.fuse.helpers import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from tests.mounts import fresh_dir, overlay_mount, umount
 
 REFERENCE = "kernel"
@@ -175,19 +175,6 @@ def build_lowers(base: Path) -> list[Path]:
 
 
 # -- operations ---------------------------------------------------------------
-
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-_libc.renameat2.argtypes += [ctypes.c_uint]
-
-
-def renameat2(src: str, dst: str, flags: int) -> None:
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), src)
 
 
 class Fill:

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from overlayboot.fs import sysio
+
 KINDS = ["overlayboot", "kernel"]
 # run one test body against overlayboot and kernel overlayfs (the reference)
 BOTH = pytest.mark.parametrize("ovl", KINDS, indirect=True)
@@ -41,19 +43,10 @@ def both_but_overlayboot_fails(reason: str, argname: str = "ovl") -> pytest.Mark
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
-RENAME_NOREPLACE = 1
-RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
+RENAME_NOREPLACE = sysio.RENAME_NOREPLACE
+RENAME_EXCHANGE = sysio.RENAME_EXCHANGE
 _SYS_GETDENTS64 = 217  # x86_64
 
-_libc.renameat2.argtypes = [
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_int,
-    ctypes.c_char_p,
-    ctypes.c_uint,
-]
-_libc.renameat2.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.fallocate.restype = ctypes.c_int
@@ -67,9 +60,8 @@ def _raise_errno(path: object = None) -> None:
 
 
 def renameat2(old: str | Path, new: str | Path, flags: int) -> None:
-    """renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE."""
-    if _libc.renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
-        _raise_errno(old)
+    """renameat2(2) with RENAME_NOREPLACE / RENAME_EXCHANGE (the daemon's own ctypes binding)."""
+    sysio.renameat2(os.fsencode(old), os.fsencode(new), flags)
 
 
 def fallocate(fd: int, offset: int, length: int, mode: int = 0) -> None:
