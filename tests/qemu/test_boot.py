@@ -17,6 +17,7 @@ import pytest
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
 from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.media import ext4_image, plain_iso
 
 pytestmark = pytest.mark.qemu
 
@@ -62,19 +63,7 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "-noappend", "-quiet", "-comp", "zstd"],
         check=True,
     )  # fmt: skip
-    iso = base / "live.iso"
-    subprocess.run(
-        ["xorriso", "-as", "mkisofs", "-quiet", "-V", "OVERLAYBOOT", "-o", str(iso),
-         str(base / "iso")],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return iso
-
-
-def _persistence(path: Path, label: str = "overlayboot-rw") -> Path:
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, str(path), "64M"], check=True)
-    return path
+    return plain_iso(base / "iso", base / "live.iso")
 
 
 def boot(kernel: Kernel, initramfs: BuiltInitramfs, drives: list[str], *params: str) -> Vm:
@@ -141,7 +130,7 @@ def test_kernel_overlayfs_fallback(kernel: Kernel, initramfs: BuiltInitramfs, me
 def test_persistence_survives_a_reboot(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
 ) -> None:
-    rw = _persistence(tmp_path / "rw.img")
+    rw = ext4_image(tmp_path / "rw.img")
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
     with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
         vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
@@ -211,12 +200,7 @@ def test_corrupt_squashfs(
     blob = bytearray((medium.parent / "iso/live/filesystem.squashfs").read_bytes())
     blob[0:96] = b"\0" * 96  # no superblock left
     (tree / "live/filesystem.squashfs").write_bytes(bytes(blob))
-    bad = tmp_path / "bad.iso"
-    subprocess.run(
-        ["xorriso", "-as", "mkisofs", "-quiet", "-V", "OVERLAYBOOT", "-o", str(bad), str(tree)],
-        check=True,
-        capture_output=True,
-    )
+    bad = plain_iso(tree, tmp_path / "bad.iso")
     with boot(kernel, initramfs, cd(bad), "overlayboot.onerror=poweroff") as vm:
         err = vm.wait_for(r"^ERROR: ", timeout=240)
         assert "cannot mount the image /live/filesystem.squashfs" in err.text
@@ -241,19 +225,10 @@ def test_full_tmpfs_upper_gives_enospc_and_stays_up(
         vm.wait_exit(timeout=60)
 
 
-def _iso_of(tree: Path, dest: Path, label: str = "OVERLAYBOOT") -> Path:
-    subprocess.run(
-        ["xorriso", "-as", "mkisofs", "-quiet", "-V", label, "-o", str(dest), str(tree)],
-        check=True,
-        capture_output=True,
-    )
-    return dest
-
-
 def test_usb_stick_medium_and_usb_persistence(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
 ) -> None:
-    rw = _persistence(tmp_path / "rw.img")
+    rw = ext4_image(tmp_path / "rw.img")
     usb = [
         "-device", "qemu-xhci,id=xhci",
         "-drive", f"if=none,id=stick,file={medium},format=raw,readonly=on",
@@ -320,7 +295,7 @@ def test_break_gives_a_shell_then_goes_on(
 def test_power_cut_leaves_old_or_new_contents(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
 ) -> None:
-    rw = _persistence(tmp_path / "rw.img")
+    rw = ext4_image(tmp_path / "rw.img")
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
     with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
         vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)

@@ -8,7 +8,6 @@ the file: the daemon served the root until systemd's very end. Slow tier.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from mkimage.kernel import Kernel
 from mkimage.rootfs import build_debian_root
 from mkimage.squashfs import SquashfsSpec, build_squashfs
 from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.media import ext4_image, plain_iso
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -52,14 +52,7 @@ def debian_medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wants / "overlayboot-marker.service").symlink_to("../overlayboot-marker.service")
     (base / "iso/live").mkdir(parents=True)
     build_squashfs(root, base / "iso/live/filesystem.squashfs", SquashfsSpec())
-    iso = base / "debian.iso"
-    subprocess.run(
-        ["xorriso", "-as", "mkisofs", "-quiet", "-V", "OVERLAYBOOT", "-o", str(iso),
-         str(base / "iso")],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return iso
+    return plain_iso(base / "iso", base / "debian.iso")
 
 
 @pytest.mark.timeout(1800)
@@ -72,8 +65,7 @@ def debian_medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_systemd_root_boots_persists_and_shuts_down(
     kernel: Kernel, initramfs: BuiltInitramfs, debian_medium: Path, tmp_path: Path
 ) -> None:
-    rw = tmp_path / "rw.img"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "overlayboot-rw", str(rw), "256M"], check=True)
+    rw = ext4_image(tmp_path / "rw.img", "256M")
     config = VmConfig(
         kernel=kernel.image,
         initrd=initramfs.path,
