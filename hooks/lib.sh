@@ -79,11 +79,26 @@ ob_break() {
     esac
 }
 
-# args: KIND VALUE; prints the device for label/uuid/partlabel/path, or nothing
+# args: KIND VALUE; prints the device for label/uuid/partlabel/path, or nothing. A partition
+# wins over its whole disk: a hybrid ISO on a USB stick carries the label on both, and a
+# mounted whole disk would keep its persistence partition from being mounted. A whole disk
+# whose partitions may still show up is printed as "whole DEV" so that wait_device waits.
 find_device() {
     case "$1" in
-        label) findfs "LABEL=$2" 2>/dev/null ;;
-        uuid) findfs "UUID=$2" 2>/dev/null ;;
+        label | uuid)
+            spec="$(echo "$1" | tr a-z A-Z)=$2"
+            dev=$(findfs "$spec" 2>/dev/null) || return 0
+            name=${dev##*/}
+            if [ -e "/sys/class/block/$name/partition" ] ||
+                [ "$(cat "/sys/class/block/$name/ext_range" 2>/dev/null || echo 1)" -le 1 ] ||
+                [ "$(dd if="$dev" bs=1 skip=510 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')" != 55aa ]; then
+                echo "$dev"
+            else
+                # a whole disk with a partition table (its partitions may not be there yet):
+                # one of them may carry the same label; findfs cannot tell, the probe can
+                "$OB_RUN/runtime/python" -m overlayboot.probe --find "$spec" 2>/dev/null || echo "$dev"
+            fi
+            ;;
         partlabel)
             for d in /sys/class/block/*; do
                 if grep -qx "PARTNAME=$2" "$d/uevent" 2>/dev/null; then
@@ -97,15 +112,26 @@ find_device() {
     return 0
 }
 
-# args: KIND VALUE SECONDS; waits for the device, prints it; fails after SECONDS
+# args: KIND VALUE SECONDS; waits for the device, prints it; fails after SECONDS. A whole
+# disk whose partitions may still appear is taken only after 2 s (or at the deadline).
 wait_device() {
     tries=$(($3 * 4))
+    patience=8
     while [ "$tries" -gt 0 ]; do
         dev=$(find_device "$1" "$2")
-        if [ -n "$dev" ]; then
-            echo "$dev"
-            return 0
-        fi
+        case "$dev" in
+            "whole "*)
+                patience=$((patience - 1))
+                if [ "$patience" -le 0 ] || [ "$tries" -le 1 ]; then
+                    echo "${dev#whole }"
+                    return 0
+                fi
+                ;;
+            ?*)
+                echo "$dev"
+                return 0
+                ;;
+        esac
         sleep 0.25
         tries=$((tries - 1))
     done

@@ -1,7 +1,8 @@
 """What is on a block device: filesystem type, label and UUID, read from its superblock.
 
 Used by the boot flow to say what it saw when the medium it looks for is not
-there (busybox has ``findfs`` but no ``blkid``), and by ``overlayboot status``.
+there (busybox has ``findfs`` but no ``blkid``), to pick a partition over its whole
+disk when both carry the label (``--find``), and by ``overlayboot status``.
 Knows iso9660, ext2/3/4, vfat and squashfs; reads 64 KiB of each device.
 """
 
@@ -95,7 +96,57 @@ def probe_all() -> list[Probe]:
     return out
 
 
+def is_partition(name: str) -> bool:
+    return (SYS_BLOCK / name / "partition").exists()
+
+
+def has_partition_table(sector0: bytes) -> bool:
+    """True if SECTOR0 is an MBR (or GPT's protective MBR) with at least one entry in use."""
+    if len(sector0) < 512 or sector0[510:512] != b"\x55\xaa":
+        return False
+    return any(sector0[446 + 16 * i + 4] != 0 for i in range(4))
+
+
+def partitions_pending(name: str) -> bool:
+    """True if whole disk NAME has a partition table the kernel will scan, and none of its
+    partitions have shown up yet."""
+    try:
+        ext_range = int((SYS_BLOCK / name / "ext_range").read_text())
+        with open(f"/dev/{name}", "rb") as f:
+            sector0 = f.read(512)
+    except (OSError, ValueError):
+        return False
+    if ext_range <= 1 or not has_partition_table(sector0):
+        return False
+    return not any(is_partition(child.name) for child in (SYS_BLOCK / name).glob(name + "*"))
+
+
+def find(tag: str, value: str) -> str | None:
+    """The device whose TAG (LABEL or UUID) is VALUE; a partition wins over its whole disk
+    (a hybrid ISO on a USB stick carries the label on both, and a mounted whole disk keeps
+    its partitions from being mounted). A whole disk whose partitions may still appear is
+    returned as ``"whole DEV"`` so that the caller waits a little for them."""
+    whole = None
+    for p in probe_all():
+        if (p.label if tag == "LABEL" else p.uuid) != value:
+            continue
+        name = os.path.basename(p.device)
+        if is_partition(name):
+            return p.device
+        whole = whole or name
+    if whole is None:
+        return None
+    return f"whole /dev/{whole}" if partitions_pending(whole) else f"/dev/{whole}"
+
+
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--find" and "=" in sys.argv[2]:
+        tag, value = sys.argv[2].split("=", 1)
+        dev = find(tag.upper(), value)
+        if dev is None:
+            return 1
+        print(dev)
+        return 0
     found = probe_all()
     if not found:
         print("  (no block devices)")

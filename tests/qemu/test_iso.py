@@ -7,6 +7,7 @@ file, reads it back and checks that / is the overlay. VMs run one at a time.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,8 @@ def test_usb_image_persistence_over_usb_storage(
     ):
         with Vm(usb(img)) as vm:
             vm.wait_for(ROOT_UP, timeout=180)
+            # the ISO partition, not the whole stick (which would keep sda3 from mounting)
+            assert re.search(r"overlayboot: medium: /dev/sda1 ", vm.log()), vm.tail(40)
             vm.send(f"echo S{n}:$({command})\n")
             vm.wait_for(rf"^S{n}:{expect}", timeout=30)
             vm.send("poweroff\n")

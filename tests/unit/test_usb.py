@@ -143,3 +143,18 @@ def test_cli(iso_image: BuiltIso, tmp_path: Path) -> None:
     assert res.output.strip() == (
         f"overlayboot: error: {tmp_path / 'p.img'} exists (give --force to overwrite it)"
     )
+
+
+def test_both_the_disk_and_its_first_partition_carry_the_label(usb_image: BuiltUsb) -> None:
+    """Why the boot prefers a partition (overlayboot.probe.find, hooks/lib.sh find_device):
+    on the USB image the disk and partition 1 both read as the ISO, and a mounted whole disk
+    keeps the kernel from mounting the persistence partition (the QEMU USB test boots it)."""
+    from overlayboot import probe
+
+    raw = usb_image.path.read_bytes()
+    assert probe.has_partition_table(raw[:512])
+    start = sfdisk_parts(usb_image.path)[0][0] * 512
+    whole = probe.identify(raw[:65536])
+    assert whole[:2] == ("iso9660", "OVERLAYBOOT")
+    assert probe.identify(raw[start : start + 65536])[:2] == whole[:2]
+    assert not probe.has_partition_table(bytes(512))
