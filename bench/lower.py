@@ -3,6 +3,8 @@
 Layout of the tree (every system sees the same image):
 
     big                 the large file (random bytes: squashfs stores it uncompressed)
+    big2                the same bytes again (squashfs stores them once): a second large
+                        lower file for the partial copy-up workloads
     tree/dNNN/fNNNNN    the small files, 512 B to 4 KiB of random bytes each
     bin/true            a copy of /bin/true (the exec workload)
     src.tar             an uncompressed tar of the tar source (the unpack-and-grep workload)
@@ -85,6 +87,7 @@ def prepare(base: Path, opts: Options, rebuild: bool) -> Lower:
     print(f"lower: building {opts.big_mib} MiB + {opts.files} files in {src}", file=sys.stderr)
     try:
         _write_big(src / "big", opts.big_mib)
+        shutil.copyfile(src / "big", src / "big2")
         _write_tree(src, opts)
         tmp = image.with_suffix(".tmp")
         run(["mksquashfs", src, tmp, "-comp", opts.comp, "-noappend", "-quiet", "-no-progress"])

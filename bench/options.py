@@ -33,7 +33,7 @@ class Options:
     def lower_key(self) -> str:
         """A short hash of what the lower image holds (to reuse a built image)."""
         spec = {
-            "v": 1,
+            "v": 2,
             "big": self.big_mib,
             "files": self.files,
             "dirs": self.dirs,

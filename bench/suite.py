@@ -66,8 +66,8 @@ class Run:
         self.notes: list[str] = []
 
     def upper_size(self) -> str:
-        # the copied-up big file, the new one, and 1 GiB for small files and the source tree
-        mib = self.opts.big_mib + self.opts.write_mib + 1024
+        # the two copied-up big files, the new one, and 1 GiB for small files and the sources
+        mib = 2 * self.opts.big_mib + self.opts.write_mib + 1024
         return f"{mib}m"
 
     def one(self, m: Mounts, system: str, lowermnt: Path) -> None:
@@ -155,6 +155,8 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
         "(1.00 = same, 0.50 = twice as slow, >1 = faster)",
     ]
     text = report.table(ms, summaries, systems, header)
+    if report.OURS in systems:
+        bench.notes.extend(report.partial_copy_up_notes(summaries))
     if bench.notes:
         text += "\n\nnotes:\n" + "\n".join(f"- {n}" for n in bench.notes)
     print(text)

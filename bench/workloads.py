@@ -52,6 +52,10 @@ def metrics(opts: Options) -> list[Metric]:
         Metric("exec", f"exec lower /bin/true x{opts.execs}", Kind.TIME, True),
         Metric("copyup", f"copy-up: append 1 B to {big} file, cold", Kind.TIME, False),
         Metric("copyup_grew", "copy-up: upper grew by", Kind.SIZE, False),
+        Metric("rewrite4k", f"copy-up: rewrite 4 KiB mid-{big} file, cold", Kind.TIME, False),
+        Metric("rewrite4k_grew", "rewrite 4 KiB: upper grew by", Kind.SIZE, False),
+        Metric("seqread_partial_cold", f"seq read {big}, 1/16 rewritten, cold", Kind.RATE, False),
+        Metric("seqread_partial_warm", f"seq read {big}, 1/16 rewritten, warm", Kind.RATE, False),
         Metric("create_empty", f"create {opts.creates} empty files", Kind.TIME, False),
         Metric("create_4k", f"create {opts.creates} 4 KiB files", Kind.TIME, False),
         Metric("rm_rf", f"rm -rf {opts.rm_dirs} lower dirs ({rm_files} files)", Kind.TIME, False),
@@ -90,17 +94,21 @@ def _used_bytes(fs: Path) -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def seq_read(t: Target) -> Iterator[Sample]:
+def _seq_read(path: Path, key: str) -> Iterator[Sample]:
     buf = bytearray(MIB)
     for label in ("cold", "warm"):
         if label == "cold":
             drop_caches()
         t0 = time.perf_counter()
         total = 0
-        with open(t.mnt / "big", "rb", buffering=0) as f:
+        with open(path, "rb", buffering=0) as f:
             while n := f.readinto(buf):
                 total += n
-        yield f"seqread_{label}", total / 1e6 / (time.perf_counter() - t0)
+        yield f"{key}_{label}", total / 1e6 / (time.perf_counter() - t0)
+
+
+def seq_read(t: Target) -> Iterator[Sample]:
+    yield from _seq_read(t.mnt / "big", "seqread")
 
 
 def find_stat(t: Target) -> Iterator[Sample]:
@@ -139,6 +147,33 @@ def copy_up(t: Target) -> Iterator[Sample]:
         os.close(fd)
     yield "copyup", _ms(time.perf_counter() - t0)
     yield "copyup_grew", (_used_bytes(t.upper_fs) - before) / MIB
+
+
+def rewrite_4k(t: Target) -> Iterator[Sample]:
+    """4 KiB rewritten in the middle of the untouched second large file."""
+    assert t.upper_fs is not None
+    drop_caches()
+    before = _used_bytes(t.upper_fs)
+    t0 = time.perf_counter()
+    fd = os.open(t.mnt / "big2", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\x5a" * 4096, t.opts.big_mib * MIB // 2)
+    finally:
+        os.close(fd)
+    yield "rewrite4k", _ms(time.perf_counter() - t0)
+    yield "rewrite4k_grew", (_used_bytes(t.upper_fs) - before) / MIB
+
+
+def partial_read(t: Target) -> Iterator[Sample]:
+    """Sequential read of the second large file once 4 KiB of every 1 MiB is rewritten
+    (1/16 of its 64 KiB chunks in overlayboot's upper, the rest read from the lower)."""
+    fd = os.open(t.mnt / "big2", os.O_WRONLY)
+    try:
+        for off in range(0, t.opts.big_mib * MIB, MIB):
+            os.pwrite(fd, b"\xa5" * 4096, off + 8192)
+    finally:
+        os.close(fd)
+    yield from _seq_read(t.mnt / "big2", "seqread_partial")
 
 
 def creates(t: Target) -> Iterator[Sample]:
@@ -197,6 +232,8 @@ def for_system(system: str, listfile: Path) -> list[tuple[str, Workload]]:
         return readers
     writers: list[tuple[str, Workload]] = [
         ("copy-up", copy_up),
+        ("rewrite 4 KiB", rewrite_4k),
+        ("partial read", partial_read),
         ("creates", creates),
         ("rm -rf", rm_rf),
         ("seq write", seq_write),

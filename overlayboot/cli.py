@@ -67,6 +67,29 @@ def cli() -> None:
     show_default=True,
     help="Seconds the kernel caches entries and attributes (only the daemon changes layers).",
 )
+@click.option(
+    "--copy-up",
+    "copy_up",
+    type=click.Choice(["chunked", "whole"]),
+    help="chunked (default): large files come up chunk by chunk as written; "
+    "whole: copy whole files, as kernel overlayfs (-o copy_up=).",
+)
+@click.option(
+    "--chunk-threshold",
+    metavar="SIZE",
+    help="Files this large or larger are copied up in chunks (default 1M; -o chunk_threshold=).",
+)
+@click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="Chunk size, a power of two (default: 64K or the upper's block size; -o chunk_size=).",
+)
+@click.option(
+    "--seal-on-umount",
+    is_flag=True,
+    help="At unmount, make every partial copy-up whole (kernel overlayfs format; "
+    "-o seal_on_umount).",
+)
 @click.argument("args", nargs=-1, type=click.Path(path_type=Path))
 @domain_errors
 def mount_cmd(
@@ -78,9 +101,14 @@ def mount_cmd(
     log_file: Path | None,
     debug: bool,
     timeout: float,
+    copy_up: str | None,
+    chunk_threshold: str | None,
+    chunk_size: str | None,
+    seal_on_umount: bool,
     args: tuple[Path, ...],
 ) -> None:
     """Mount an overlay at MOUNTPOINT ([SOURCE] MOUNTPOINT, SOURCE is ignored as in mount -t)."""
+    from overlayboot.fs.chunkpolicy import make_policy
     from overlayboot.fs.config import (
         OverlayConfig,
         check_config,
@@ -108,6 +136,12 @@ def mount_cmd(
             work=work_s,
             timeout=timeout,
             options=rest,
+            copy_up=make_policy(
+                copy_up or ours.get("copy_up"),
+                chunk_threshold or ours.get("chunk_threshold"),
+                chunk_size or ours.get("chunk_size"),
+            ),
+            seal_on_umount=seal_on_umount or "seal_on_umount" in ours,
         )
     )
     mnt = check_mountpoint(mountpoint)
@@ -149,6 +183,38 @@ def umount_cmd(mountpoint: Path, timeout: float) -> None:
             time.sleep(0.05)
         else:
             raise MountError(f"the daemon (pid {pid}) of {mnt} has not exited after {timeout} s")
+
+
+@cli.group("upper")
+def upper_group() -> None:
+    """An upper layer's partial copy-ups: check them, or seal them into kernel overlayfs format."""
+
+
+def _upper_args(fn: Callable[P, T]) -> Callable[P, T]:
+    """UPPERDIR and --lower: the arguments of every ``upper`` command."""
+    fn = click.argument("upperdir", type=click.Path(path_type=Path))(fn)
+    lower_help = "Lower dirs, top first: DIR[:DIR...] (default: the roots recorded in each map)."
+    return click.option("--lower", "lower", help=lower_help)(fn)
+
+
+@upper_group.command("check")
+@_upper_args
+@domain_errors
+def upper_check_cmd(upperdir: Path, lower: str | None) -> None:
+    """List the partial copy-ups of UPPERDIR; fail if a map is bad or a lower file changed."""
+    from overlayboot import upper
+
+    upper.check(upperdir, lower, click.echo)
+
+
+@upper_group.command("seal")
+@_upper_args
+@domain_errors
+def upper_seal_cmd(upperdir: Path, lower: str | None) -> None:
+    """Make every partial copy-up of UPPERDIR whole (the overlay must not be mounted)."""
+    from overlayboot import upper
+
+    upper.seal_upper(upperdir, lower, click.echo)
 
 
 @cli.command("status")

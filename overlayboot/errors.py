@@ -45,3 +45,9 @@ class ToolError(OverlaybootError):
     """An external tool is missing or failed."""
 
     exit_code = 5
+
+
+class UpperError(OverlaybootError):
+    """An upper layer holds partial copy-ups that cannot be read or made whole."""
+
+    exit_code = 6

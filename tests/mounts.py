@@ -16,7 +16,14 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-KINDS = ("overlayboot", "kernel", "fuse-overlayfs")
+# overlayboot with its default options, with every copy-up partial (no threshold, 4 KiB
+# chunks: even small files come up chunk by chunk), and with whole copy-ups only
+OVERLAYBOOT_KINDS = {
+    "overlayboot": (),
+    "overlayboot-chunked": ("--copy-up=chunked", "--chunk-threshold=0", "--chunk-size=4K"),
+    "overlayboot-whole": ("--copy-up=whole",),
+}
+KINDS = (*OVERLAYBOOT_KINDS, "kernel", "fuse-overlayfs")
 IS_ROOT = os.geteuid() == 0
 
 
@@ -79,8 +86,9 @@ def overlay_mount(
     lowerdir = ":".join(str(p) for p in lowers)
     proc: subprocess.Popen[bytes] | None = None
     log_path = work.parent / f"{work.name}.daemon.log"
-    if kind == "overlayboot":
-        argv = [*overlayboot_argv(lowers, upper, work, mnt), "--log", str(log_path), *extra_args]
+    if kind in OVERLAYBOOT_KINDS:
+        argv = [*overlayboot_argv(lowers, upper, work, mnt), "--log", str(log_path)]
+        argv += [*OVERLAYBOOT_KINDS[kind], *extra_args]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_mounted(mnt, proc=proc)

@@ -11,11 +11,12 @@ import os
 import stat
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from overlayboot.errors import ConfigError, MountError, UsageError
 from overlayboot.fs import sysio
+from overlayboot.fs.chunkpolicy import FLAG_OPTIONS, VALUE_OPTIONS, CopyUpPolicy
 from overlayboot.fs.whiteout import XattrNames, default_namespace
 
 WORK_SUBDIR = "overlayboot"  # ours, beside the kernel's work/ and index/
@@ -32,6 +33,8 @@ class OverlayConfig:
     timeout: float = 60.0
     fsname: str = "overlayboot"
     options: frozenset[str] = frozenset()
+    copy_up: CopyUpPolicy = field(default_factory=CopyUpPolicy)
+    seal_on_umount: bool = False  # make every partial copy-up whole at unmount
 
     @property
     def scratch(self) -> Path:
@@ -40,16 +43,19 @@ class OverlayConfig:
 
 
 def parse_mount_options(opts: Iterable[str]) -> tuple[dict[str, str], frozenset[str]]:
-    """Split ``-o`` options: the overlay ones (lowerdir, upperdir, workdir) and the rest."""
+    """Split ``-o`` options: the overlay's own (lowerdir, upperdir, workdir, the copy-up
+    policy's) and the rest (for FUSE). A flag of ours maps to ``""``."""
     ours: dict[str, str] = {}
     rest: set[str] = set()
     for chunk in opts:
         for opt in _split_options(chunk):
             key, sep, value = opt.partition("=")
-            if key in ("lowerdir", "upperdir", "workdir"):
+            if key in ("lowerdir", "upperdir", "workdir", *VALUE_OPTIONS):
                 if not sep or not value:
-                    raise UsageError(f"option {key} needs a value: -o {key}=DIR")
+                    raise UsageError(f"option {key} needs a value: -o {key}=VALUE")
                 ours[key] = value
+            elif key in FLAG_OPTIONS and not sep:
+                ours[key] = ""
             elif opt:
                 rest.add(opt)
     return ours, frozenset(rest)
@@ -134,15 +140,7 @@ def check_config(cfg: OverlayConfig) -> OverlayConfig:
     if not os.access(upper, os.W_OK) or not os.access(work, os.W_OK):
         raise ConfigError(f"upper dir {upper} or work dir {work} is not writable")
     _probe_upper_fs(work, cfg.xattrs)
-    return OverlayConfig(
-        lowers=lowers,
-        upper=upper,
-        work=work,
-        xattrs=cfg.xattrs,
-        timeout=cfg.timeout,
-        fsname=cfg.fsname,
-        options=cfg.options,
-    )
+    return replace(cfg, lowers=lowers, upper=upper, work=work)
 
 
 def _probe_upper_fs(work: Path, names: XattrNames) -> None:

@@ -21,7 +21,7 @@ import trio
 
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.layers import split
-from overlayboot.fs.lookup import lookup
+from overlayboot.fs.lookup import LowerRef, lookup
 from overlayboot.fs.whiteout import XattrNames, encode_origin
 
 if TYPE_CHECKING:
@@ -37,25 +37,32 @@ def copy_data(src: bytes, dst_fd: int, size: int) -> None:
     """Copy ``src`` into ``dst_fd`` keeping holes (SEEK_DATA/SEEK_HOLE)."""
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:
-                    break  # only a hole remains
-                if exc.errno != errno.EINVAL:
-                    raise
-                data = pos  # no SEEK_DATA support: copy everything
-            try:
-                hole = os.lseek(fd, data, os.SEEK_HOLE)
-            except OSError:
-                hole = size
-            _copy_range(fd, dst_fd, data, min(hole, size) - data)
-            pos = hole
+        copy_segments(fd, dst_fd, 0, size)
         os.ftruncate(dst_fd, size)
     finally:
         os.close(fd)
+
+
+def copy_segments(src_fd: int, dst_fd: int, start: int, end: int) -> None:
+    """Copy the data in [start, end) of ``src_fd`` to the same offsets, skipping its holes."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(src_fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                break  # only a hole remains
+            if exc.errno != errno.EINVAL:
+                raise
+            data = pos  # no SEEK_DATA support: copy everything
+        if data >= end:
+            break
+        try:
+            hole = os.lseek(src_fd, data, os.SEEK_HOLE)
+        except OSError:
+            hole = end
+        _copy_range(src_fd, dst_fd, data, min(hole, end) - data)
+        pos = hole
 
 
 def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
@@ -150,9 +157,19 @@ def remove_tmp(path: bytes) -> None:
 
 
 async def build_copy(
-    ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int, int], *, data: bool = True
+    ov: Overlay,
+    src: bytes,
+    st: os.stat_result,
+    origin: tuple[int, int],
+    *,
+    data: bool = True,
+    lower: LowerRef | None = None,
 ) -> bytes:
-    """Build a copy of lower object ``src`` under the work dir; return its temporary path."""
+    """Build a copy of lower object ``src`` under the work dir; return its temporary path.
+
+    With ``lower`` (where ``src`` is), a large file may become a partial copy-up
+    (a sparse file and its chunk map: see ``partials``) instead of a whole copy.
+    """
     mode = st.st_mode
     if stat.S_ISDIR(mode):
         return copy_dir_sync(ov, src, st, origin)
@@ -162,7 +179,9 @@ async def build_copy(
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 size = st.st_size if data else 0
-                if size >= THREAD_COPY_MIN:
+                if size and lower is not None and ov.partials.start(fd, src, st, lower):
+                    pass  # partial: no data yet, each chunk comes up when first written
+                elif size >= THREAD_COPY_MIN:
                     await trio.to_thread.run_sync(copy_data, src, fd, size)
                 elif size:
                     copy_data(src, fd, size)
@@ -200,7 +219,7 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
     st = os.lstat(src)
     idx, rel = node.lowers[0]
     lower_ino = ov.layers[idx].lstat(rel).st_ino
-    tmp = await build_copy(ov, src, st, (idx, lower_ino), data=data)
+    tmp = await build_copy(ov, src, st, (idx, lower_ino), data=data, lower=(idx, rel))
     try:
         parent_times = KeepTimes(ov.upper_path(parent))
         os.rename(tmp, dst)

@@ -27,6 +27,7 @@ from overlayboot.fs.inodes import (
 )
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
+from overlayboot.fs.partials import Partials
 from overlayboot.fs.readdir import merged_names
 from overlayboot.fs.whiteout import decode_origin, getxattr
 
@@ -38,6 +39,7 @@ class Stat:
     ino: int
     st: os.stat_result
     nlink: int
+    blocks: int | None = None  # of a partial copy-up: as a whole copy would have it
 
 
 class Overlay:
@@ -57,6 +59,7 @@ class Overlay:
         root.upper = True
         root.lowers = tuple((i, b"") for i in range(len(self.layers)))
         self.hardlink_maps: dict[int, dict[int, list[bytes]]] = {}
+        self.partials = Partials(cfg.copy_up, cfg.xattrs, self.layers, self.upper_root)
         # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
         # unmounts what it can, and an idle lower or upper would go from under the root.
         self._pins = [
@@ -208,8 +211,11 @@ class Overlay:
     # ---------------------------------------------------------------- attributes
 
     def stat(self, node: Node) -> Stat:
+        blocks = None
         if node.upper:
-            st = os.lstat(self.upper_path(node))
+            path = self.upper_path(node)
+            st = os.lstat(path)
+            blocks = self.partials.blocks(path, st)
         else:
             if not node.lowers:
                 raise OSError(errno.ENOENT, "no lower")
@@ -226,7 +232,7 @@ class Overlay:
                 pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:
             nlink = 1  # a merged directory: overlayfs cannot count its links either
-        return Stat(node.ino, st, nlink)
+        return Stat(node.ino, st, nlink, blocks)
 
     def listing(self, node: Node) -> list[bytes]:
         upper = self.upper_path(node) if self.has_upper(node) else None

@@ -20,6 +20,7 @@ import pyfuse3
 import trio
 
 from overlayboot.errors import MountError
+from overlayboot.fs import seal
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.operations import OverlayOperations
@@ -76,7 +77,7 @@ def _daemonize() -> None:
         os.close(devnull)
 
 
-async def _main_loop() -> None:
+async def _main_loop(ov: Overlay) -> None:
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
@@ -87,6 +88,7 @@ async def _main_loop() -> None:
                     return
 
         nursery.start_soon(on_signal)
+        nursery.start_soon(ov.partials.flusher)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -127,12 +129,33 @@ def serve(
     )
     unmount = True
     try:
-        trio.run(_main_loop)
+        trio.run(_main_loop, ov)
     except BaseException:
         log.exception("INTERNAL: main loop failed")
         raise
     finally:
         pyfuse3.close(unmount=unmount)
+        _finish_partials(ov)
         with contextlib.suppress(OSError):
             pidf.unlink()
         log.info("unmounted %s", mountpoint)
+
+
+def _finish_partials(ov: Overlay) -> None:
+    """Record every open partial file's map; with seal_on_umount, make them all whole."""
+    try:
+        ov.partials.shutdown()
+        if not ov.cfg.seal_on_umount:
+            return
+        roots = [layer.root for layer in ov.layers]
+        sealed = 0
+        for found in seal.walk(ov.upper_root, roots, seal=True, spaces=[ov.names]):
+            if found.sealed:
+                sealed += 1
+            else:
+                log.error("seal at unmount: %s: %s", os.fsdecode(found.rel), found.problem)
+        log.info("seal at unmount: %d partial copy-ups made whole", sealed)
+    except OSError as exc:
+        log.error("finishing the partial copy-ups at unmount: %s", exc)
+    except Exception:
+        log.exception("INTERNAL: finishing the partial copy-ups at unmount")

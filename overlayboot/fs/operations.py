@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from overlayboot.fs import dirops
+from overlayboot.fs.chunked import Partial
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.inodes import Node
@@ -58,12 +59,17 @@ def guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
 
 @dataclass
 class FileHandle:
-    """An open file: its real fd, and whether that fd is on the upper layer."""
+    """An open file: its real fd, and whether that fd is on the upper layer.
+
+    ``partial``: the file is a partial copy-up, read and written through it.
+    """
 
     node: Node
     fd: int
     upper: bool
     writable: bool
+    partial: Partial | None = None
+    sync: bool = False
 
 
 @dataclass
@@ -94,7 +100,7 @@ class OverlayOperations(pyfuse3.Operations):
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         try:
             s = self.ov.stat(node)
-            st, nlink = s.st, s.nlink
+            st, nlink, blocks = s.st, s.nlink, s.blocks
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -102,7 +108,7 @@ class OverlayOperations(pyfuse3.Operations):
             if handle is None:
                 raise
             st = os.fstat(handle.fd)
-            nlink = st.st_nlink
+            nlink, blocks = st.st_nlink, None
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
@@ -115,7 +121,7 @@ class OverlayOperations(pyfuse3.Operations):
         e.st_rdev = st.st_rdev
         e.st_size = st.st_size
         e.st_blksize = st.st_blksize
-        e.st_blocks = st.st_blocks
+        e.st_blocks = st.st_blocks if blocks is None else blocks
         e.st_atime_ns = st.st_atime_ns
         e.st_mtime_ns = st.st_mtime_ns
         e.st_ctime_ns = st.st_ctime_ns
@@ -206,8 +212,10 @@ class OverlayOperations(pyfuse3.Operations):
             if fields.update_size:
                 if handle is not None and handle.upper and handle.writable:
                     os.ftruncate(handle.fd, attr.st_size)
+                    ov.partials.truncated(handle.fd, attr.st_size)
                 else:
                     os.truncate(path, attr.st_size)
+                    ov.partials.truncated(path, attr.st_size)
             if fields.update_atime or fields.update_mtime:
                 cur = os.lstat(path) if isinstance(path, bytes) else os.fstat(path)
                 atime = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
@@ -386,15 +394,23 @@ class OverlayOperations(pyfuse3.Operations):
             async with ov.lock:
                 await copy_up(ov, node, data=not trunc)
         extra = flags & OPEN_PASS_FLAGS
+        sync = bool(extra)
+        partial = None
         if node.upper:
             mode = os.O_RDWR if writable else os.O_RDONLY
             if trunc:
                 extra |= os.O_TRUNC  # Linux truncates even with O_RDONLY
-            fd = os.open(ov.upper_path(node), mode | extra | os.O_NOFOLLOW)
+            path = ov.upper_path(node)
+            fd = os.open(path, mode | extra | os.O_NOFOLLOW)
+            try:
+                partial = ov.partials.acquire(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
         else:
             fd = os.open(ov.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         fh = self._new_fh()
-        self.files[fh] = FileHandle(node, fd, node.upper, writable)
+        self.files[fh] = FileHandle(node, fd, node.upper, writable, partial, sync)
         node.handles += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
@@ -409,27 +425,40 @@ class OverlayOperations(pyfuse3.Operations):
         if not h.upper and h.node.upper:
             # copied up since it was opened: read the upper copy from now on
             try:
-                fd = os.open(self.ov.upper_path(h.node), os.O_RDONLY | os.O_NOFOLLOW)
+                path = self.ov.upper_path(h.node)
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
                 return h
+            try:
+                h.partial = self.ov.partials.acquire(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(h.fd)
             h.fd, h.upper = fd, True
         return h
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self._handle(fh).fd, size, off)
+        h = self._handle(fh)
+        if h.partial is not None:
+            return h.partial.read(off, size)
+        return os.pread(h.fd, size, off)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
         if not h.upper:
             raise pyfuse3.FUSEError(errno.EBADF)
+        if h.partial is not None:
+            return h.partial.write(h.fd, off, buf, sync=h.sync)
         return os.pwrite(h.fd, buf, off)
 
     @guarded
     async def flush(self, fh: int) -> None:
-        return None
+        h = self.files.get(fh)
+        if h is not None and h.partial is not None:
+            h.partial.persist()  # a closed file's chunks are on record
 
     @guarded
     async def release(self, fh: int) -> None:
@@ -439,10 +468,14 @@ class OverlayOperations(pyfuse3.Operations):
         os.close(h.fd)
         h.node.handles -= 1
         self.ov.table.forget(h.node.ino, 0)
+        if h.partial is not None:
+            self.ov.partials.release(h.partial)
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
+        if h.partial is not None:
+            h.partial.persist(full=not datasync)
         if h.upper:
             (os.fdatasync if datasync else os.fsync)(h.fd)
 

@@ -1,9 +1,10 @@
-"""System calls the Python standard library lacks: renameat2 and a d_type probe."""
+"""System calls the Python standard library lacks: renameat2, a d_type probe, hole punching."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 
 RENAME_NOREPLACE = 1
@@ -67,3 +68,23 @@ def dir_has_dtype(path: bytes) -> bool:
             return bool(ent.contents.d_type != DT_UNKNOWN)
     finally:
         _closedir(d)
+
+
+FALLOC_FL_KEEP_SIZE = 1
+FALLOC_FL_PUNCH_HOLE = 2
+
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Deallocate a byte range (it reads as zeros after); False if the filesystem cannot."""
+    if length <= 0:
+        return True
+    if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+        return False
+    raise OSError(err, os.strerror(err))

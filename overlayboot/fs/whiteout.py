@@ -7,7 +7,8 @@
 - a renamed lower directory carries ``overlay.redirect`` (a name relative to the
   old parent, or an absolute path from the layer root);
 - overlayboot's own bookkeeping lives under ``overlayboot.`` (``origin``: the
-  lower file a copy-up came from, ``LAYER:INO``).
+  lower file a copy-up came from, ``LAYER:INO``; ``chunks``: the chunk map of a
+  partial copy-up, see ``chunkmap``).
 
 The xattr namespace is ``trusted.`` when running as root, ``user.`` otherwise
 (as overlayfs' ``userxattr`` option).
@@ -47,6 +48,10 @@ class XattrNames:
     @property
     def origin(self) -> str:
         return f"{self.prefix}.overlayboot.origin"
+
+    @property
+    def chunks(self) -> str:
+        return f"{self.prefix}.overlayboot.chunks"
 
     def is_private(self, name: str) -> bool:
         """Names the overlay owns: hidden from listings, refused to get/set."""

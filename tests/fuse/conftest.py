@@ -5,7 +5,8 @@ overlayboot unless the test parametrizes it indirectly::
 
     @pytest.mark.parametrize("ovl", ["overlayboot", "kernel"], indirect=True)
 
-so that one test body states a semantic and checks kernel overlayfs agrees.
+so that one test body states a semantic and checks kernel overlayfs agrees (helpers.BOTH
+also runs it on ``overlayboot-chunked``, where every copy-up is partial: tests/mounts.py).
 ``ovl_factory`` builds one with other options (layers on tmpfs, extra lower
 content, not mounted yet). Every overlay checks at teardown that its lower
 layers were not modified in any way (content, metadata, xattrs, ctime).
@@ -16,15 +17,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from overlayboot.fs.daemon import pid_file
 from tests.fuse.helpers import fingerprint, set_times, tmpfs
-from tests.mounts import have_kernel_overlay, overlay_mount
+from tests.mounts import have_kernel_overlay, overlay_mount, overlayboot_argv
 
 T0 = 1_600_000_000_123_456_789  # a fixed mtime (ns) for every lower entry
 
@@ -156,6 +161,27 @@ class Ovl:
     def remount(self) -> None:
         self.umount()
         self.mount()
+
+    def mount_detached(self) -> int:
+        """Mount overlayboot with its daemon detached (no ``-f``); return the daemon's pid.
+
+        Unmounted by :meth:`kill_daemon`, not by ``umount``."""
+        argv = overlayboot_argv(self.lowers, self.upper, self.work, self.mnt)
+        argv = [a for a in argv if a != "-f"] + ["--log", str(self.log), *self.extra_args]
+        subprocess.run(argv, check=True, timeout=60)
+        return int(pid_file(self.mnt).read_text())
+
+    def kill_daemon(self, pid: int) -> None:
+        """kill -9 the daemon, wait until it is gone, then lazily unmount its dead mount."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        subprocess.run(["umount", "-l", str(self.mnt)], check=True)
 
     @property
     def mounted(self) -> bool:

@@ -25,8 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from overlayboot.fs import seal
 from tests.fuse.helpers import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
-from tests.mounts import fresh_dir, overlay_mount, umount
+from tests.mounts import OVERLAYBOOT_KINDS, fresh_dir, overlay_mount, umount
 
 REFERENCE = "kernel"
 
@@ -338,7 +339,7 @@ IGNORED_UPPER_PREFIXES = OWN_XATTRS
 # index/ and work/, overlayboot's overlayboot/ (README, "On-disk format") in which only
 # index/ and daemon.log may remain after a clean unmount (tmp.* would be a lost copy-up).
 KERNEL_WORK_ENTRIES = {"index", "work"}
-OWN_WORK_ENTRY = {"overlayboot": "overlayboot"}
+OWN_WORK_ENTRY = dict.fromkeys(OVERLAYBOOT_KINDS, "overlayboot")
 OWN_WORK_KEPT = {"index", "daemon.log"}
 
 
@@ -650,7 +651,7 @@ class DiffSession:
         except BaseException:
             self.failed = True
             raise
-        if self.subject == "overlayboot":
+        if self.subject in OVERLAYBOOT_KINDS:
             ts = self._documented_nlink(ts, tr)
         diff = diff_trees(ts, tr, *self.names)
         if out_s != out_r or diff:
@@ -689,8 +690,23 @@ class DiffSession:
                 return
             final = scan(self.mnts[0])
             self._stack.close()
+            self._seal_partial_copy_ups()
             self._check_uppers(final)
             self._check_interop(final)
+
+    def _seal_partial_copy_ups(self) -> None:
+        """Make the subject's upper kernel overlayfs format: what ``overlayboot upper seal``
+        does (README, "Partial copy-up"). Every partial copy-up must check out first."""
+        if self.subject not in OVERLAYBOOT_KINDS:
+            return
+        upper = os.fsencode(self.dirs[0] / "upper")
+        lowers = [os.fsencode(p) for p in self.lowers]
+        bad = [f for f in seal.walk(upper, lowers) if f.problem is not None]
+        if bad:
+            self._fail("upper check found problems:", [f"  {f.rel!r}: {f.problem}" for f in bad])
+        unsealed = [f for f in seal.walk(upper, lowers, seal=True) if not f.sealed]
+        if unsealed:
+            self._fail("upper seal failed:", [f"  {f.rel!r}: {f.problem}" for f in unsealed])
 
     def _fail(self, title: str, lines: list[str]) -> None:
         __tracebackhide__ = True

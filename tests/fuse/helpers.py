@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import stat
+import struct
 import subprocess
 import traceback
 from collections.abc import Callable, Iterator
@@ -23,7 +24,9 @@ import pytest
 
 from overlayboot.fs import sysio
 
-KINDS = ["overlayboot", "kernel"]
+# overlayboot (default options, and with every copy-up partial) and the reference
+KINDS = ["overlayboot", "overlayboot-chunked", "kernel"]
+OURS = ("overlayboot", "overlayboot-chunked")
 # run one test body against overlayboot and kernel overlayfs (the reference)
 BOTH = pytest.mark.parametrize("ovl", KINDS, indirect=True)
 
@@ -36,7 +39,7 @@ def both_but_overlayboot_fails(reason: str, argname: str = "ovl") -> pytest.Mark
     bug = pytest.mark.xfail(strict=True, reason=reason)
     return pytest.mark.parametrize(
         argname,
-        [pytest.param("overlayboot", marks=bug), "kernel"],
+        [*(pytest.param(k, marks=bug) for k in OURS), "kernel"],
         indirect=argname == "ovl",
     )
 
@@ -279,3 +282,48 @@ def is_whiteout(path: str | Path) -> bool:
     except FileNotFoundError:
         return False
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+
+
+CHUNKS_XATTR = "trusted.overlayboot.chunks"
+
+
+def _varints(raw: bytes) -> list[int]:
+    out, value, shift = [], 0, 0
+    for byte in raw:
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            out.append(value)
+            value, shift = 0, 0
+    return out
+
+
+def upper_bytes(upper_file: str | Path, lowers: list[Path]) -> bytes:
+    """The contents of an upper file as a whole file.
+
+    A partial copy-up (README, "Partial copy-up") is decoded here on its own, from
+    the documented map format and its lower file, as a kernel-side reader would.
+    """
+    with open(upper_file, "rb") as f:
+        data = f.read()
+    try:
+        raw = os.getxattr(upper_file, CHUNKS_XATTR)
+    except OSError:
+        return data
+    magic, version, shift, layer, valid, *_, plen, rlen = struct.unpack_from("<4sBBHQQQq16sHH", raw)
+    assert (magic, version) == (b"OBCM", 1)
+    with open(lowers[layer] / os.fsdecode(raw[60 : 60 + plen]), "rb") as f:
+        lower = f.read()[:valid]
+    pairs = _varints(raw[60 + plen + rlen :])
+    mapped: set[int] = set()
+    end = 0
+    for gap, length in zip(pairs[::2], pairs[1::2], strict=True):
+        mapped.update(range(end + gap, end + gap + length))
+        end += gap + length
+    cs = 1 << shift
+    out = bytearray(len(data))
+    for start in range(0, len(data), cs):
+        stop = min(start + cs, len(data))
+        src = data[start:stop] if start // cs in mapped else lower[start:stop]
+        out[start : start + len(src)] = src
+    return bytes(out)

@@ -8,7 +8,6 @@ the killed daemon left in the work dir.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from overlayboot.fs.daemon import pid_file
 from tests.fuse.conftest import Ovl, OvlFactory
-from tests.mounts import have_fuse, overlayboot_argv
+from tests.mounts import have_fuse
 
 pytestmark = [
     pytest.mark.fuse,
@@ -75,10 +73,9 @@ def _check_whole(path: str) -> int:
 
 def test_kill_9_during_copy_ups(ovl_factory: OvlFactory) -> None:
     o = ovl_factory(standard=False, prepare=_big_files, mount=False)
-    argv = [a for a in overlayboot_argv(o.lowers, o.upper, o.work, o.mnt) if a != "-f"]
-    subprocess.run([*argv, "--log", str(o.log)], check=True, timeout=60)
+    o.extra_args = ("--copy-up=whole",)  # this test is about whole copy-ups in the work dir
+    pid = o.mount_detached()
     assert os.path.ismount(o.mnt)
-    pid = int(pid_file(o.mnt).read_text())
     paths = [o.m(f"big{i}") for i in range(NFILES)]
     writer = subprocess.Popen([sys.executable, "-c", WRITER, MARK.decode(), *paths])
     torn: list[Path] = []
@@ -92,16 +89,9 @@ def test_kill_9_during_copy_ups(ovl_factory: OvlFactory) -> None:
                     break
             time.sleep(0.001)
     finally:  # whatever happened, the daemon dies and the dead mount goes
-        os.kill(pid, signal.SIGKILL)
+        o.kill_daemon(pid)
         writer.kill()
         writer.wait()
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        subprocess.run(["umount", "-l", str(o.mnt)], check=True)
     assert torn, "never caught a copy-up in progress"
     assert not os.path.ismount(o.mnt)
     _check_after_crash(o, paths)

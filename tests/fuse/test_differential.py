@@ -10,8 +10,11 @@ Tolerated, each with its reason where it is done (difftree.py): copy-ups that ch
 nothing, whiteouts' owner and mode, overlayboot's own xattrs and work subdir, and the two
 hard-link differences that README.md lists under "Known differences".
 
-OVERLAYBOOT_DIFF_SUBJECT=kernel|fuse-overlayfs runs the same checks against another
-implementation (kernel against kernel checks the machinery itself);
+The subject is overlayboot twice: with its default options (small files: whole copy-ups)
+and as ``overlayboot-chunked`` (every copy-up partial, 4 KiB chunks), whose upper is sealed
+(``overlayboot upper seal``'s code, after checking every map) before it is compared.
+OVERLAYBOOT_DIFF_SUBJECT=kernel|fuse-overlayfs|overlayboot-... runs the same checks against
+one implementation (kernel against kernel checks the machinery itself);
 OVERLAYBOOT_DIFF_EXAMPLES and OVERLAYBOOT_DIFF_STEPS set the number and length of the random
 runs; OVERLAYBOOT_DIFF_IGNORE=field,... (fields of difftree.Entry) is for triage.
 """
@@ -39,8 +42,13 @@ from tests.fuse.difftree import (
 )
 from tests.mounts import KINDS, have_fuse, have_kernel_overlay
 
-SUBJECT = os.environ.get("OVERLAYBOOT_DIFF_SUBJECT", "overlayboot")
-EXAMPLES = int(os.environ.get("OVERLAYBOOT_DIFF_EXAMPLES", "60"))
+# overlayboot with its default options, then with every copy-up partial (4 KiB chunks)
+SUBJECTS = (
+    [os.environ["OVERLAYBOOT_DIFF_SUBJECT"]]
+    if "OVERLAYBOOT_DIFF_SUBJECT" in os.environ
+    else ["overlayboot", "overlayboot-chunked"]
+)
+EXAMPLES = int(os.environ.get("OVERLAYBOOT_DIFF_EXAMPLES", "45"))  # per subject
 STEPS = int(os.environ.get("OVERLAYBOOT_DIFF_STEPS", "30"))
 
 pytestmark = [
@@ -53,7 +61,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def lowers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    assert SUBJECT in KINDS, f"OVERLAYBOOT_DIFF_SUBJECT={SUBJECT!r} is not one of {KINDS}"
+    for subject in SUBJECTS:
+        assert subject in KINDS, f"OVERLAYBOOT_DIFF_SUBJECT={subject!r} is not one of {KINDS}"
     return build_lowers(tmp_path_factory.mktemp("difflowers"))
 
 
@@ -84,9 +93,9 @@ rename_flags = st.sampled_from(["plain", "plain", "noreplace", "exchange"])
 class OverlayPair(RuleBasedStateMachine):
     """Applies every rule to both mounts through a DiffSession."""
 
-    def __init__(self, lowers: list[Path], base: Path) -> None:
+    def __init__(self, subject: str, lowers: list[Path], base: Path) -> None:
         super().__init__()
-        self.session = DiffSession(SUBJECT, lowers, base).start()
+        self.session = DiffSession(subject, lowers, base).start()
 
     def do(self, name: str, *args: object) -> None:
         self.session.step(Op(name, args))
@@ -164,12 +173,13 @@ class OverlayPair(RuleBasedStateMachine):
 
 
 @pytest.mark.timeout(1800)  # a failing run spends minutes shrinking, mounting each time
-def test_random_operations_match_kernel(lowers: list[Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_random_operations_match_kernel(lowers: list[Path], tmp_path: Path, subject: str) -> None:
     counter = itertools.count()
 
     class Pair(OverlayPair):
         def __init__(self) -> None:
-            super().__init__(lowers, tmp_path / f"run{next(counter)}")
+            super().__init__(subject, lowers, tmp_path / f"run{next(counter)}")
 
     run_state_machine_as_test(
         Pair,
@@ -217,8 +227,9 @@ SMOKE: list[tuple[str, tuple[object, ...]]] = [
 ]
 
 
-def test_fixed_sequence_matches_kernel(lowers: list[Path], tmp_path: Path) -> None:
-    session = DiffSession(SUBJECT, lowers, tmp_path / "smoke").start()
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_fixed_sequence_matches_kernel(lowers: list[Path], tmp_path: Path, subject: str) -> None:
+    session = DiffSession(subject, lowers, tmp_path / "smoke").start()
     try:
         outcomes = [session.step(Op(name, args)) for name, args in SMOKE]
     finally:
