@@ -28,7 +28,7 @@ from overlayboot.fs.inodes import (
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
 from overlayboot.fs.readdir import merged_names
-from overlayboot.fs.whiteout import decode_origin, getxattr
+from overlayboot.fs.whiteout import decode_origin, get_pending, getxattr, set_pending
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,7 @@ class Overlay:
         times = KeepTimes(parent_upper)
         os.link(index, parent_upper + b"/" + name)
         times.restore()
+        set_pending(index, self.names, get_pending(index, self.names) - 1)
         parent.upper = True
         again = self.resolve(parent, name)
         return again if again is not None else res
@@ -219,9 +220,11 @@ class Overlay:
         tag = node.ino >> TAG_SHIFT
         if nlink > 1 and node.upper and not node.is_dir and 2 <= tag < 2 + len(self.layers):
             try:
-                ist = os.lstat(self.index_path(tag - 2, node.ino & REAL_MASK))
+                index = self.index_path(tag - 2, node.ino & REAL_MASK)
+                ist = os.lstat(index)
                 if ist.st_ino == st.st_ino and ist.st_dev == st.st_dev:
-                    nlink -= 1  # the index entry is not a name
+                    # the index entry is not a name; lower names not linked up yet are
+                    nlink += get_pending(index, self.names) - 1
             except OSError:
                 pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:
