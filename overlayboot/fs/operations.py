@@ -148,7 +148,12 @@ class OverlayOperations(pyfuse3.Operations):
             return self._lookup_ref(parent.parent or parent)
         node = self.ov.child(parent, name)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # a negative entry the kernel may cache (st_ino 0): names appear only through
+            # requests it sends us (PATH and library searches stop asking)
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.timeout
+            return negative
         return self._lookup_ref(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
