@@ -91,9 +91,9 @@ class OverlayOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ helpers
 
-    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         try:
-            s = self.ov.stat(node)
+            s = self.ov.stat(node, upper_st)
             st, nlink = s.st, s.nlink
         except OSError as exc:
             if exc.errno != errno.ENOENT:
@@ -127,8 +127,10 @@ class OverlayOperations(pyfuse3.Operations):
                 return h
         return None
 
-    def _lookup_ref(self, node: Node) -> pyfuse3.EntryAttributes:
-        entry = self._entry(node)
+    def _lookup_ref(
+        self, node: Node, upper_st: os.stat_result | None = None
+    ) -> pyfuse3.EntryAttributes:
+        entry = self._entry(node, upper_st)
         node.nlookup += 1
         return entry
 
@@ -261,8 +263,8 @@ class OverlayOperations(pyfuse3.Operations):
             def make(tmp: bytes) -> None:
                 build(tmp, mode, uid, gid)
 
-            await dirops.install(ov, parent, name, make, is_dir=stat.S_ISDIR(mode))
-            return self._lookup_ref(ov.require_child(parent, name))
+            st = await dirops.install(ov, parent, name, make, is_dir=stat.S_ISDIR(mode))
+            return self._lookup_ref(ov.adopt_new(parent, name, st), st)
 
     @guarded
     async def mknod(
@@ -306,13 +308,6 @@ class OverlayOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         ov = self.ov
-        parent = ov.node(parent_inode)
-        existing = ov.child(parent, name)
-        if existing is not None:
-            if flags & os.O_EXCL:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            info = await self._open_node(existing, flags)
-            return info, self._lookup_ref(existing)
         fds: list[int] = []
 
         def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
@@ -323,6 +318,15 @@ class OverlayOperations(pyfuse3.Operations):
 
         try:
             entry = await self._make(parent_inode, name, stat.S_IFREG | mode, ctx, build)
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            # the kernel sends CREATE for a name it believes absent; should it be there
+            # after all, open it as open(2) without O_EXCL would
+            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            existing = ov.require_child(ov.node(parent_inode), name)
+            return await self._open_node(existing, flags), self._lookup_ref(existing)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -431,10 +435,6 @@ class OverlayOperations(pyfuse3.Operations):
         if not h.upper:
             raise pyfuse3.FUSEError(errno.EBADF)
         return os.pwrite(h.fd, buf, off)
-
-    @guarded
-    async def flush(self, fh: int) -> None:
-        return None
 
     @guarded
     async def release(self, fh: int) -> None:
