@@ -40,6 +40,8 @@ def _cpus(value: str) -> tuple[int, ...] | None:
 @click.option("--rm-dirs", type=int, help="Lower directories removed by rm -rf (default 50).")
 @click.option("--write-mib", type=int, help="New file written sequentially, MiB (default 1024).")
 @click.option("--execs", type=int, help="Runs of the lower /bin/true (default 1000).")
+@click.option("--boot-runs", type=int, help="QEMU boots per overlay, 0 for none (default 5).")
+@click.option("--build-reps", type=int, help="`build all` runs, 0 for none (default 3).")
 @click.option("--tar-source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--comp", help="mksquashfs compressor of the lower (default lz4).")
 @click.option(

@@ -28,6 +28,8 @@ class Options:
     systems: tuple[str, ...] = SYSTEMS
     cpus: tuple[int, ...] | None = None  # pin the suite (and the daemons) to these CPUs
     overlayboot_args: tuple[str, ...] = ()  # extra `overlayboot mount` arguments
+    boot_runs: int = 5  # QEMU boots per overlay (kernel, fuse); 0: no boot figures
+    build_reps: int = 3  # `build all` runs; 0: no build figures (and no boot)
     quick: bool = False
 
     def lower_key(self) -> str:
@@ -61,5 +63,7 @@ QUICK = Options(
     rm_dirs=5,
     write_mib=128,
     execs=100,
+    boot_runs=2,
+    build_reps=1,
     quick=True,
 )

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from bench import machine, report
+from bench.boot import BOOT_SYSTEMS, run_boot_build
 from bench.lower import Lower, prepare
 from bench.mounts import Mounts, mounted_under, mounts
 from bench.options import Options
-from bench.workloads import Target, for_system, metrics
+from bench.workloads import Metric, Target, for_system, metrics
 from overlayboot.errors import ToolError
 from overlayboot.run import run
 
@@ -97,6 +98,42 @@ class Run:
                 m.release(rw)
 
 
+Summaries = dict[str, dict[str, report.Summary | None]]
+
+
+def _summaries(
+    ms: list[Metric], samples: dict[str, dict[str, list[float]]], systems: list[str]
+) -> Summaries:
+    return {m.key: {s: report.summarize(samples[m.key].get(s, [])) for s in systems} for m in ms}
+
+
+def _records(
+    ms: list[Metric],
+    samples: dict[str, dict[str, list[float]]],
+    summaries: Summaries,
+    systems: list[str],
+) -> list[dict[str, object]]:
+    """The JSON form of some metrics: samples, summaries, overlayboot's ratios."""
+    return [
+        {
+            "key": m.key,
+            "title": m.title,
+            "unit": m.kind.value,
+            "samples": samples[m.key],
+            "summary": {
+                s: (v.as_json() if (v := summaries[m.key][s]) is not None else None)
+                for s in systems
+            },
+            "overlayboot_speed_ratio": {
+                c: report.speed_ratio(m, summaries[m.key].get(report.OURS), summaries[m.key].get(c))
+                for c in report.COMPARED
+                if c in systems and report.OURS in systems
+            },
+        }
+        for m in ms
+    ]
+
+
 def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
     t_start = time.monotonic()
     info = machine.describe()
@@ -132,12 +169,16 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
                 took = time.monotonic() - t0
                 print(f"rep {rep + 1}/{opts.reps} {system}: {took:.0f} s", file=sys.stderr)
 
+    boot_ms: list[Metric] = []
+    boot_samples: dict[str, dict[str, list[float]]] = {}
+    if opts.build_reps > 0:
+        boot_ms, boot_samples = run_boot_build(opts, base, bench.notes)
+
     elapsed = time.monotonic() - t_start
     load_end = machine.loadavg()
     ms = metrics(opts)
-    summaries = {
-        m.key: {s: report.summarize(bench.samples[m.key].get(s, [])) for s in systems} for m in ms
-    }
+    summaries = _summaries(ms, bench.samples, systems)
+    boot_summaries = _summaries(boot_ms, boot_samples, list(BOOT_SYSTEMS))
     versions = info["versions"]
     assert isinstance(versions, dict)
     pin = ",".join(map(str, opts.cpus)) if opts.cpus is not None else "not pinned"
@@ -157,6 +198,13 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
     text = report.table(ms, summaries, systems, header)
     if report.OURS in systems:
         bench.notes.extend(report.partial_copy_up_notes(summaries))
+    if boot_ms:
+        text += "\n\n" + report.table(
+            boot_ms,
+            boot_summaries,
+            list(BOOT_SYSTEMS),
+            ["boot (kernel: overlayboot.overlay=kernel, same image) and build"],
+        )
     if bench.notes:
         text += "\n\nnotes:\n" + "\n".join(f"- {n}" for n in bench.notes)
     print(text)
@@ -169,26 +217,8 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
         "options": opts.as_json(),
         "systems": systems,
         "ratio_meaning": "overlayboot speed / other speed (time ratio inverted); >1 = faster",
-        "metrics": [
-            {
-                "key": m.key,
-                "title": m.title,
-                "unit": m.kind.value,
-                "samples": bench.samples[m.key],
-                "summary": {
-                    s: (v.as_json() if (v := summaries[m.key][s]) is not None else None)
-                    for s in systems
-                },
-                "overlayboot_speed_ratio": {
-                    c: report.speed_ratio(
-                        m, summaries[m.key].get(report.OURS), summaries[m.key].get(c)
-                    )
-                    for c in report.COMPARED
-                    if c in systems and report.OURS in systems
-                },
-            }
-            for m in ms
-        ],
+        "metrics": _records(ms, bench.samples, summaries, systems),
+        "boot_build": _records(boot_ms, boot_samples, boot_summaries, list(BOOT_SYSTEMS)),
         "notes": bench.notes,
         "table": text,
     }

@@ -162,11 +162,16 @@ def find_modules(
     finder = _Finder(path if path is not None else sys.path, excludes)
     for name in [*entries, *extra]:
         finder.add(name)
-    # every encodings codec: the interpreter needs the one for the locale at start-up
+    # every encodings codec: the interpreter needs the one for the locale at start-up; but
+    # not those built on an excluded module (the CJK codecs, when their C tables are)
     for loc in finder.search.get("encodings", []):
         for p in sorted(Path(loc).glob("*.py")):
-            if p.stem != "__init__":
-                finder.add(f"encodings.{p.stem}", required=False)
+            name = f"encodings.{p.stem}"
+            if p.stem == "__init__" or any(
+                _excluded(imp, excludes) for imp in _imports_of(p.read_bytes(), name, False)
+            ):
+                continue
+            finder.add(name, required=False)
     disk = sorted(
         {
             m.name.split(".")[0]

@@ -76,7 +76,15 @@ ENTRY_MODULES: tuple[str, ...] = (
 )
 # The builder itself is not needed at boot (overlayboot.cli imports mkimage.commands,
 # whose builders are imported only when a build command runs).
+# Nor are the CJK codecs (0.9 MB of C tables): the daemon and the hooks speak UTF-8 only.
 RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
+    "_multibytecodec",
+    "_codecs_cn",
+    "_codecs_hk",
+    "_codecs_iso2022",
+    "_codecs_jp",
+    "_codecs_kr",
+    "_codecs_tw",
     "elftools",
     "mkimage.cpio",
     "mkimage.elf",

@@ -14,6 +14,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from overlayboot.errors import MountError, OverlaybootError, UsageError
+from overlayboot.fs.config import CACHE_FOREVER
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -63,9 +64,9 @@ def cli() -> None:
 @click.option(
     "--timeout",
     type=float,
-    default=60.0,
-    show_default=True,
-    help="Seconds the kernel caches entries and attributes (only the daemon changes layers).",
+    default=CACHE_FOREVER,
+    help="Seconds the kernel caches entries and attributes [default: a year: only the daemon "
+    "changes the layers].",
 )
 @click.option(
     "--copy-up",

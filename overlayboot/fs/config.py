@@ -22,6 +22,13 @@ from overlayboot.fs.whiteout import XattrNames, default_namespace
 WORK_SUBDIR = "overlayboot"  # ours, beside the kernel's work/ and index/
 
 
+CACHE_FOREVER = 365 * 86400.0
+"""The default entry/attribute timeout: the kernel never asks again on its own. Only the daemon
+changes the layers, and the kernel updates its caches from the replies to the requests that
+change them. Needed at shutdown too: systemd-shutdown SIGSTOPs every process, the daemon
+included, and walks /proc; a revalidation of "/" or "/proc" then would hang the machine."""
+
+
 @dataclass(frozen=True)
 class OverlayConfig:
     """The layers of one overlay. ``lowers[0]`` is the top lower layer."""
@@ -30,7 +37,7 @@ class OverlayConfig:
     upper: Path
     work: Path
     xattrs: XattrNames = field(default_factory=default_namespace)
-    timeout: float = 60.0
+    timeout: float = CACHE_FOREVER
     fsname: str = "overlayboot"
     options: frozenset[str] = frozenset()
     copy_up: CopyUpPolicy = field(default_factory=CopyUpPolicy)

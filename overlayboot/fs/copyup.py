@@ -22,7 +22,7 @@ import trio
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.layers import split
 from overlayboot.fs.lookup import LowerRef, lookup
-from overlayboot.fs.whiteout import XattrNames, encode_origin
+from overlayboot.fs.whiteout import XattrNames, encode_origin, set_pending
 
 if TYPE_CHECKING:
     from overlayboot.fs.core import Overlay
@@ -237,6 +237,10 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
             link_siblings(ov, idx, lower_ino, dst)
         except OSError as exc:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)
+        # the names left in the lower (under a renamed directory, say) still count, as
+        # overlayfs' index=on counts them; each is linked up at its first lookup
+        linked = os.lstat(dst).st_nlink - 1  # the index entry is not a name
+        set_pending(dst, ov.names, st.st_nlink - linked)
 
 
 def _upper_is_dir(path: bytes) -> bool:

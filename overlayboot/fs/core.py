@@ -29,7 +29,27 @@ from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
 from overlayboot.fs.partials import Partials
 from overlayboot.fs.readdir import merged_names
-from overlayboot.fs.whiteout import decode_origin, getxattr
+from overlayboot.fs.whiteout import decode_origin, get_pending, getxattr, set_pending
+
+
+class FastLock:
+    """``trio.Lock`` without a scheduling round when it is free (nearly always: only a
+    large copy-up in a worker thread holds it across an await). ``async with``."""
+
+    def __init__(self) -> None:
+        self._lock = trio.Lock()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
 
 
 @dataclass(frozen=True)
@@ -52,7 +72,7 @@ class Overlay:
         self.scratch = os.fsencode(cfg.scratch)
         self.layers = [LowerLayer(i, os.fsencode(p), cfg.xattrs) for i, p in enumerate(cfg.lowers)]
         self.table = InodeTable()
-        self.lock = trio.Lock()
+        self.lock = FastLock()
         self._tmp_seq = 0
         self.path_copyups = 0  # bumped when a copy-up creates upper dirs for nodes it did not see
         root = self.table.root
@@ -158,6 +178,14 @@ class Overlay:
         self.apply(node, res)
         return node
 
+    def adopt_new(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
+        """The node of an entry ``dirops.install`` just created in the upper: born there,
+        so no origin, no lower stack, its number from the upper inode (as ``ino_of``)."""
+        is_dir = stat.S_ISDIR(st.st_mode)
+        node = self.table.node_for(make_ino(TAG_UPPER, st.st_ino), is_dir, parent, name)
+        self.apply(node, Resolved(is_dir, st, ()))
+        return node
+
     def index_path(self, layer: int, ino: int) -> bytes:
         """Where the upper copy of a multiply-linked lower file is indexed (see copyup)."""
         return b"%s/index/%d-%d" % (self.scratch, layer, ino)
@@ -185,6 +213,7 @@ class Overlay:
         times = KeepTimes(parent_upper)
         os.link(index, parent_upper + b"/" + name)
         times.restore()
+        set_pending(index, self.names, get_pending(index, self.names) - 1)
         parent.upper = True
         again = self.resolve(parent, name)
         return again if again is not None else res
@@ -210,11 +239,12 @@ class Overlay:
 
     # ---------------------------------------------------------------- attributes
 
-    def stat(self, node: Node) -> Stat:
+    def stat(self, node: Node, upper_st: os.stat_result | None = None) -> Stat:
+        """The node's attributes; ``upper_st``: its upper lstat when the caller has it."""
         blocks = None
         if node.upper:
             path = self.upper_path(node)
-            st = os.lstat(path)
+            st = upper_st if upper_st is not None else os.lstat(path)
             blocks = self.partials.blocks(path, st)
         else:
             if not node.lowers:
@@ -225,9 +255,11 @@ class Overlay:
         tag = node.ino >> TAG_SHIFT
         if nlink > 1 and node.upper and not node.is_dir and 2 <= tag < 2 + len(self.layers):
             try:
-                ist = os.lstat(self.index_path(tag - 2, node.ino & REAL_MASK))
+                index = self.index_path(tag - 2, node.ino & REAL_MASK)
+                ist = os.lstat(index)
                 if ist.st_ino == st.st_ino and ist.st_dev == st.st_dev:
-                    nlink -= 1  # the index entry is not a name
+                    # the index entry is not a name; lower names not linked up yet are
+                    nlink += get_pending(index, self.names) - 1
             except OSError:
                 pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:

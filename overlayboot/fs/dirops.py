@@ -53,16 +53,20 @@ async def install(
     make: Callable[[bytes], None],
     *,
     is_dir: bool,
-) -> None:
+) -> os.stat_result:
     """Create a new entry ``parent/name``: ``make(tmp)`` builds it in the work dir.
 
     Over a whiteout, a directory becomes opaque (the lower one stays hidden).
+    Returns the new entry's lstat.
     """
-    if ov.child(parent, name) is not None:
-        raise OSError(errno.EEXIST, "exists")
     await copy_up(ov, parent)
     upath = ov.upper_child(parent, name)
     existing = upper_entry(upath)
+    if existing is None:
+        if is_lower_positive(ov, parent, name):
+            raise OSError(errno.EEXIST, "exists")
+    elif not is_whiteout_stat(existing):
+        raise OSError(errno.EEXIST, "exists")
     tmp = ov.tmp_path()
     make(tmp)
     try:
@@ -72,18 +76,16 @@ async def install(
             set_opaque(tmp, ov.names)
         if existing is None:
             sysio.renameat2(tmp, upath, sysio.RENAME_NOREPLACE)
-        elif not is_whiteout_stat(existing):
-            raise OSError(errno.EEXIST, "exists")
         elif is_dir:
             set_opaque(tmp, ov.names)  # over a whiteout: always opaque
             sysio.renameat2(tmp, upath, sysio.RENAME_EXCHANGE)
             os.unlink(tmp)
-            return
         else:
             os.rename(tmp, upath)
     except BaseException:
         remove_tmp(tmp)
         raise
+    return os.lstat(upath)
 
 
 async def link(ov: Overlay, node: Node, parent: Node, name: bytes) -> None:

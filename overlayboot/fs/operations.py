@@ -97,9 +97,9 @@ class OverlayOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ helpers
 
-    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         try:
-            s = self.ov.stat(node)
+            s = self.ov.stat(node, upper_st)
             st, nlink, blocks = s.st, s.nlink, s.blocks
         except OSError as exc:
             if exc.errno != errno.ENOENT:
@@ -133,8 +133,10 @@ class OverlayOperations(pyfuse3.Operations):
                 return h
         return None
 
-    def _lookup_ref(self, node: Node) -> pyfuse3.EntryAttributes:
-        entry = self._entry(node)
+    def _lookup_ref(
+        self, node: Node, upper_st: os.stat_result | None = None
+    ) -> pyfuse3.EntryAttributes:
+        entry = self._entry(node, upper_st)
         node.nlookup += 1
         return entry
 
@@ -154,7 +156,12 @@ class OverlayOperations(pyfuse3.Operations):
             return self._lookup_ref(parent.parent or parent)
         node = self.ov.child(parent, name)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # a negative entry the kernel may cache (st_ino 0): names appear only through
+            # requests it sends us (PATH and library searches stop asking)
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = self.timeout
+            return negative
         return self._lookup_ref(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -264,8 +271,8 @@ class OverlayOperations(pyfuse3.Operations):
             def make(tmp: bytes) -> None:
                 build(tmp, mode, uid, gid)
 
-            await dirops.install(ov, parent, name, make, is_dir=stat.S_ISDIR(mode))
-            return self._lookup_ref(ov.require_child(parent, name))
+            st = await dirops.install(ov, parent, name, make, is_dir=stat.S_ISDIR(mode))
+            return self._lookup_ref(ov.adopt_new(parent, name, st), st)
 
     @guarded
     async def mknod(
@@ -309,13 +316,6 @@ class OverlayOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         ov = self.ov
-        parent = ov.node(parent_inode)
-        existing = ov.child(parent, name)
-        if existing is not None:
-            if flags & os.O_EXCL:
-                raise pyfuse3.FUSEError(errno.EEXIST)
-            info = await self._open_node(existing, flags)
-            return info, self._lookup_ref(existing)
         fds: list[int] = []
 
         def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
@@ -326,6 +326,15 @@ class OverlayOperations(pyfuse3.Operations):
 
         try:
             entry = await self._make(parent_inode, name, stat.S_IFREG | mode, ctx, build)
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            # the kernel sends CREATE for a name it believes absent; should it be there
+            # after all, open it as open(2) without O_EXCL would
+            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+                raise
+            existing = ov.require_child(ov.node(parent_inode), name)
+            return await self._open_node(existing, flags), self._lookup_ref(existing)
         except BaseException:
             for fd in fds:
                 os.close(fd)
@@ -456,9 +465,11 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def flush(self, fh: int) -> None:
+        # only partial copy-ups need it (their map is on record once close returns); every
+        # close pays a request for it
         h = self.files.get(fh)
         if h is not None and h.partial is not None:
-            h.partial.persist()  # a closed file's chunks are on record
+            h.partial.persist()
 
     @guarded
     async def release(self, fh: int) -> None:

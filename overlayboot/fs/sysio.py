@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 
@@ -13,7 +12,9 @@ RENAME_WHITEOUT = 4
 
 AT_FDCWD = -100
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# the C library the interpreter itself links (dlopen(NULL)); no ctypes.util.find_library,
+# which runs ldconfig, gcc or ld to look for it (none in the initramfs: slow failures)
+_libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 _renameat2.restype = ctypes.c_int

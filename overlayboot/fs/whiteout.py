@@ -53,6 +53,11 @@ class XattrNames:
     def chunks(self) -> str:
         return f"{self.prefix}.overlayboot.chunks"
 
+    @property
+    def pending(self) -> str:
+        """On an indexed copy of a lower hard link: its lower names not linked up yet."""
+        return f"{self.prefix}.overlayboot.pending"
+
     def is_private(self, name: str) -> bool:
         """Names the overlay owns: hidden from listings, refused to get/set."""
         return name.startswith(
@@ -118,6 +123,22 @@ def set_redirect(path: bytes, target: bytes, names: XattrNames) -> None:
 
 def encode_origin(layer: int, ino: int) -> bytes:
     return b"%d:%d" % (layer, ino)
+
+
+def get_pending(path: bytes, names: XattrNames) -> int:
+    """The ``pending`` count of an upper file (0 when it has none or it is unreadable)."""
+    raw = getxattr(path, names.pending)
+    try:
+        return max(int(raw), 0) if raw else 0
+    except ValueError:
+        return 0
+
+
+def set_pending(path: bytes, names: XattrNames, count: int) -> None:
+    if count > 0:
+        os.setxattr(path, names.pending, b"%d" % count, follow_symlinks=False)
+    elif getxattr(path, names.pending) is not None:
+        os.removexattr(path, names.pending, follow_symlinks=False)
 
 
 def decode_origin(value: bytes | None) -> tuple[int, int] | None:

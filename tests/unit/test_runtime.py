@@ -128,6 +128,15 @@ def test_zip_holds_no_sources(staged: Runtime) -> None:
     assert not list(staged.root.rglob("__pycache__"))
 
 
+def test_utf8_and_single_byte_codecs_but_no_cjk(staged: Runtime) -> None:
+    """The CJK codecs (0.9 MB of C tables) are left out, and the codecs built on them."""
+    with zipfile.ZipFile(staged.root / ZIP_FILE) as zf:
+        names = set(zf.namelist())
+    assert {"encodings/utf_8.pyc", "encodings/latin_1.pyc", "encodings/cp1252.pyc"} <= names
+    assert "encodings/euc_jp.pyc" not in names and "encodings/big5.pyc" not in names
+    assert not list(staged.root.rglob("_codecs_jp*")) and not list(staged.root.rglob("_multibyte*"))
+
+
 def test_layout(staged: Runtime) -> None:
     root = staged.root
     assert (root / INTERPRETER).is_file()
