@@ -6,6 +6,12 @@
 # systemd does not kill it at switch-root or shutdown.
 mkdir -p /root
 if [ "$OB_OVERLAY" = kernel ]; then
+    if [ "$(grep -c '^persistent=yes' "$OB_STATE")" != 0 ]; then
+        # the daemon may have left partial copy-ups (not kernel overlayfs format): make
+        # them whole first, or kernel overlayfs would show their unmapped chunks as zeros
+        "$OB_RUN/runtime/overlayboot" upper seal --lower "$OB_LOWER" "$OB_UPPERDIR" ||
+            die "cannot seal the partial copy-ups on the persistence partition for kernel overlayfs (boot with overlayboot.overlay=fuse)"
+    fi
     mount -t overlay overlay \
         -o "lowerdir=$OB_LOWER,upperdir=$OB_UPPERDIR,workdir=$OB_WORKDIR,redirect_dir=on" /root ||
         die "kernel overlayfs did not mount (overlayboot.overlay=kernel)"

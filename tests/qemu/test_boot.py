@@ -7,6 +7,7 @@ initramfs are given to QEMU directly, so these tests exercise the hooks, not GRU
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ poweroff -f
 """
 APPLETS = (
     "sh cat echo ls mount grep sync poweroff setsid cttyhack dd df rm mkdir stat sleep head "
-    "seq md5sum wc tail cmp"
+    "seq md5sum wc tail cmp printf cut du"
 )
 DATA_FILES = 30
 
@@ -51,6 +52,7 @@ def _tiny_root(root: Path) -> None:
     (root / "data").mkdir()
     for i in range(DATA_FILES):
         (root / "data" / f"f{i}").write_text(f"old-{i}\n" * 8000)
+    (root / "data" / "big").write_bytes(bytes(range(256)) * 8192)  # 2 MiB: chunked copy-up
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +157,34 @@ def test_persistence_survives_a_reboot(
         assert run(vm, "P4", "cat /root-note 2>&1 || echo absent").endswith("absent")
         vm.send("exit\n")
         vm.wait_exit(timeout=60)
+
+
+def test_partial_copy_up_is_sealed_for_kernel_overlayfs(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
+) -> None:
+    """A write into a large lower file is a partial copy-up on the persistence partition;
+    booting the same partition with overlayboot.overlay=kernel seals it first."""
+    rw = ext4_image(tmp_path / "rw.img")
+    upper = "overlayboot.upper=LABEL=overlayboot-rw"
+    write = "printf NEW | dd of=/data/big bs=1 seek=1048576 conv=notrunc 2>/dev/null"
+    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        before = run(vm, "C1", "md5sum /data/big | cut -c1-32")
+        run(vm, "C2", write)
+        after = run(vm, "C3", "md5sum /data/big | cut -c1-32")
+        assert after != before
+        used = run(vm, "C4", "du -k /run/overlayboot/rw/overlayboot/OVERLAYBOOT/upper/data/big")
+        assert int(used.split()[0]) < 1024, used  # one chunk, not the whole 2 MiB
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+    with boot(kernel, initramfs, cd(medium) + disk(rw), upper, "overlayboot.overlay=kernel") as vm:
+        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        assert " / overlay " in vm.wait_for(r"^ROOT-MOUNT:", timeout=5).text
+        assert run(vm, "C5", "md5sum /data/big | cut -c1-32") == after
+        assert run(vm, "C6", "head -c 1048579 /data/big | tail -c 3") == "NEW"
+        vm.send("exit\n")
+        vm.wait_exit(timeout=60)
+    assert re.search(r"1 partial copy-ups in \S+ made whole, 0 left partial", vm.log()), vm.tail()
 
 
 def test_wrong_label_says_what_it_saw(
