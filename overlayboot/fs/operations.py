@@ -463,13 +463,9 @@ class OverlayOperations(pyfuse3.Operations):
             return h.partial.write(h.fd, off, buf, sync=h.sync)
         return os.pwrite(h.fd, buf, off)
 
-    @guarded
-    async def flush(self, fh: int) -> None:
-        # only partial copy-ups need it (their map is on record once close returns); every
-        # close pays a request for it
-        h = self.files.get(fh)
-        if h is not None and h.partial is not None:
-            h.partial.persist()
+    # No flush handler: the kernel then stops sending FLUSH at every close (a third of the
+    # requests of an open-read-close). A partial copy-up records its map at release, which
+    # the kernel sends as the last close returns.
 
     @guarded
     async def release(self, fh: int) -> None:

@@ -298,6 +298,13 @@ def _varints(raw: bytes) -> list[int]:
     return out
 
 
+def settle(merged_dir: str | Path) -> None:
+    """Wait until the daemon has handled the RELEASE the last close queued (a partial
+    copy-up records its map then): a request that always reaches the daemon (xattrs
+    are never cached) is answered after the ones queued before it."""
+    os.listxattr(merged_dir)
+
+
 def upper_bytes(upper_file: str | Path, lowers: list[Path]) -> bytes:
     """The contents of an upper file as a whole file.
 
