@@ -209,10 +209,12 @@ def write_zip(modules: Iterable[Module], dest: Path) -> int:
         else:
             entries[name] = pyc_bytes(m.path.read_bytes(), name[:-1])
     tmp = dest.with_name(dest.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+    # stored, not deflated: the initramfs' own compression does better on raw bytecode
+    # (zstd initramfs 11.9 -> 10.8 MB), and imports skip an inflate per module
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            info.compress_type = zipfile.ZIP_STORED
             info.external_attr = 0o644 << 16
             zf.writestr(info, entries[name])
     tmp.replace(dest)
