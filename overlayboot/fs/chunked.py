@@ -146,25 +146,17 @@ class Partial:
         if cmap is None:
             return os.pread(self.fd, size, off)
         end = min(off + size, os.fstat(self.fd).st_size)
-        runs: list[tuple[bool, int, int]] = []
+        parts: list[bytes] = []
         pos = off
         while pos < end:
             mapped, run_end = cmap.run_at(pos >> cmap.shift)
             seg_end = min(end, run_end << cmap.shift)
-            runs.append((mapped, pos, seg_end))
-            pos = seg_end
-        if not runs:
-            return b""
-        if len(runs) == 1:
-            mapped, a, b = runs[0]
-            return _pread_full(self.fd, a, b - a) if mapped else self._lower(cmap, a, b)
-        # mixed: read the whole range from the lower (its accesses stay sequential, so its
-        # readahead keeps working on a cold read), then lay the mapped runs over it
-        out = bytearray(self._lower(cmap, off, end))
-        for mapped, a, b in runs:
             if mapped:
-                out[a - off : b - off] = _pread_full(self.fd, a, b - a)
-        return bytes(out)
+                parts.append(_pread_full(self.fd, pos, seg_end - pos))
+            else:
+                parts.append(self._lower(cmap, pos, seg_end))
+            pos = seg_end
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _lower(self, cmap: ChunkMap, start: int, end: int) -> bytes:
         lim = min(end, cmap.valid)
