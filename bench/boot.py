@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 Samples = dict[str, dict[str, list[float]]]
 
 BOOT_SYSTEMS = ("kernel", "overlayboot")
-ROOT_UP = r"OVERLAYBOOT-ROOT: up"
 MB = 1_000_000
 
 
@@ -82,6 +81,7 @@ def _initramfs_sizes(kernel: Kernel, out: Path, samples: Samples) -> None:
 
 
 def _boot_once(kernel: Path, initrd: Path, iso: Path, overlay: str) -> float:
+    from mkimage.rootfs import ROOT_MARKER
     from mkimage.vm import Vm, VmConfig
 
     config = VmConfig(
@@ -91,7 +91,7 @@ def _boot_once(kernel: Path, initrd: Path, iso: Path, overlay: str) -> float:
         extra=("-drive", f"file={iso},media=cdrom,readonly=on,if=ide"),
     )
     with Vm(config) as vm:
-        return vm.wait_for(ROOT_UP, timeout=300).at * 1000
+        return vm.wait_for(ROOT_MARKER, timeout=300).at * 1000
 
 
 def run_boot_build(opts: Options, base: Path, notes: list[str]) -> tuple[list[Metric], Samples]:

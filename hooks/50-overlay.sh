@@ -6,7 +6,7 @@
 # systemd does not kill it at switch-root or shutdown.
 mkdir -p /root
 if [ "$OB_OVERLAY" = kernel ]; then
-    if [ "$(grep -c '^persistent=yes' "$OB_STATE")" != 0 ]; then
+    if grep -q '^persistent=yes' "$OB_STATE"; then
         # the daemon may have left partial copy-ups (not kernel overlayfs format): make
         # them whole first, or kernel overlayfs would show their unmapped chunks as zeros
         "$OB_RUN/runtime/overlayboot" upper seal --lower "$OB_LOWER" "$OB_UPPERDIR" ||

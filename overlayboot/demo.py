@@ -111,9 +111,6 @@ def run_demo(base: Path) -> None:
         run(["umount", lower], check=False)
 
 
-LIVE_MARKER = r"OVERLAYBOOT-ROOT: up"
-
-
 def run_live_demo(out: Path) -> None:
     """Build the default image and boot it twice under QEMU, showing persistence."""
     if os.geteuid() != 0:
@@ -122,6 +119,7 @@ def run_live_demo(out: Path) -> None:
     from mkimage.initramfs import DEFAULT_SOURCE_DATE_EPOCH
     from mkimage.pipeline import STEPS, build_all
     from mkimage.progress import Steps
+    from mkimage.rootfs import ROOT_MARKER
     from mkimage.vm import MediaVmConfig, Vm
 
     _say("building the default image (overlayboot build all)")
@@ -137,7 +135,7 @@ def run_live_demo(out: Path) -> None:
 
     _say("boot 1: the USB image, with its persistence partition; write a file")
     with Vm(config, echo=True) as vm:
-        up = vm.wait_for(LIVE_MARKER, timeout=300)
+        up = vm.wait_for(ROOT_MARKER, timeout=300)
         first = up.at
         vm.send("mkdir -p /root; echo 'written on the first boot' > /root/hello.txt\n")
         vm.send(
@@ -149,7 +147,7 @@ def run_live_demo(out: Path) -> None:
 
     _say("boot 2: the same image; the file is still there")
     with Vm(config, echo=True) as vm:
-        up = vm.wait_for(LIVE_MARKER, timeout=300)
+        up = vm.wait_for(ROOT_MARKER, timeout=300)
         second = up.at
         vm.send("echo FOUND:$(cat /root/hello.txt)\n")
         found = vm.wait_for(r"^FOUND:(?!\$)", timeout=60)

@@ -326,19 +326,15 @@ class OverlayOperations(pyfuse3.Operations):
 
         try:
             entry = await self._make(parent_inode, name, stat.S_IFREG | mode, ctx, build)
-        except OSError as exc:
+        except BaseException as exc:
             for fd in fds:
                 os.close(fd)
             # the kernel sends CREATE for a name it believes absent; should it be there
             # after all, open it as open(2) without O_EXCL would
-            if exc.errno != errno.EEXIST or flags & os.O_EXCL:
+            if not isinstance(exc, OSError) or exc.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
             existing = ov.require_child(ov.node(parent_inode), name)
             return await self._open_node(existing, flags), self._lookup_ref(existing)
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            raise
         node = ov.node(entry.st_ino)
         fh = self._new_fh()
         self.files[fh] = FileHandle(node, fds[0], True, True)
@@ -393,6 +389,14 @@ class OverlayOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ files
 
+    def _partial_of(self, fd: int, path: bytes) -> Partial | None:
+        """The partial copy-up behind ``fd``, an upper file just opened (closed on failure)."""
+        try:
+            return self.ov.partials.acquire(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+
     async def _open_node(self, node: Node, flags: int) -> pyfuse3.FileInfo:
         ov = self.ov
         if node.is_dir:
@@ -411,11 +415,7 @@ class OverlayOperations(pyfuse3.Operations):
                 extra |= os.O_TRUNC  # Linux truncates even with O_RDONLY
             path = ov.upper_path(node)
             fd = os.open(path, mode | extra | os.O_NOFOLLOW)
-            try:
-                partial = ov.partials.acquire(fd, path)
-            except BaseException:
-                os.close(fd)
-                raise
+            partial = self._partial_of(fd, path)
         else:
             fd = os.open(ov.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         fh = self._new_fh()
@@ -438,11 +438,7 @@ class OverlayOperations(pyfuse3.Operations):
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             except OSError:
                 return h
-            try:
-                h.partial = self.ov.partials.acquire(fd, path)
-            except BaseException:
-                os.close(fd)
-                raise
+            h.partial = self._partial_of(fd, path)
             os.close(h.fd)
             h.fd, h.upper = fd, True
         return h

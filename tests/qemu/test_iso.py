@@ -18,7 +18,7 @@ from mkimage.grub import Menu
 from mkimage.initramfs import DEFAULT_SOURCE_DATE_EPOCH, BuiltInitramfs
 from mkimage.iso import IsoSpec, build_iso
 from mkimage.kernel import Kernel
-from mkimage.rootfs import build_busybox_root
+from mkimage.rootfs import ROOT_MARKER, build_busybox_root
 from mkimage.squashfs import SquashfsSpec, build_squashfs
 from mkimage.usb import build_usb
 from tests.qemu.harness import OVMF_CODE, OVMF_VARS, MediaVmConfig, Vm
@@ -26,7 +26,6 @@ from tests.qemu.harness import OVMF_CODE, OVMF_VARS, MediaVmConfig, Vm
 pytestmark = pytest.mark.qemu
 
 GRUB_MENU = r"Booting .overlayboot."
-ROOT_UP = r"OVERLAYBOOT-ROOT: up"
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def boot(config: MediaVmConfig) -> dict[str, float]:
         seen = {"grub": vm.wait_for(GRUB_MENU, timeout=60).at}
         seen["kernel"] = vm.wait_for(r"Linux version \d", timeout=30).at
         seen["init"] = vm.wait_for(r"overlayboot: kernel .*, initramfs up", timeout=60).at
-        seen["root"] = vm.wait_for(ROOT_UP, timeout=120).at
+        seen["root"] = vm.wait_for(ROOT_MARKER, timeout=120).at
         root = vm.wait_for(r"OVERLAYBOOT-ROOT: / is ", timeout=10)
         assert " / fuse.overlayboot " in root.text, vm.tail()
         vm.send("echo W1:$(echo live > /tmp-note; cat /tmp-note)\n")
@@ -123,7 +122,7 @@ def test_usb_image_persistence_over_usb_storage(
         (2, "cat /usb-note", "kept"),
     ):
         with Vm(usb(img)) as vm:
-            vm.wait_for(ROOT_UP, timeout=180)
+            vm.wait_for(ROOT_MARKER, timeout=180)
             # the ISO partition, not the whole stick (which would keep sda3 from mounting)
             assert re.search(r"overlayboot: medium: /dev/sda1 ", vm.log()), vm.tail(40)
             vm.send(f"echo S{n}:$({command})\n")
@@ -140,7 +139,7 @@ def test_usb_image_persistence_over_usb_storage(
     blob[512 : len(iso_bytes)] = iso_bytes[512:]
     img.write_bytes(bytes(blob))
     with Vm(usb(img)) as vm:
-        vm.wait_for(ROOT_UP, timeout=180)
+        vm.wait_for(ROOT_MARKER, timeout=180)
         vm.send("echo S3:$(cat /usb-note 2>/dev/null || echo absent)\n")
         vm.wait_for(r"^S3:absent", timeout=30)
         vm.send("poweroff\n")
