@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
-	zstd xz-utils cpio ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk
+	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk
 
 .PHONY: all deps apt venv test test-slow lint typecheck pytest demo bench clean
 
@@ -26,9 +26,11 @@ $(VENV)/.apt-stamp:
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(VENV)/.pip-stamp
-$(VENV)/.pip-stamp: pyproject.toml $(VENV)/.apt-stamp
+$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/build.sh $(VENV)/.apt-stamp
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
+	# pyfuse3 with the directory cache and the non-blocking request loop (third_party/pyfuse3)
+	third_party/pyfuse3/build.sh $(abspath $(PY)) build/pyfuse3
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 

@@ -15,7 +15,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
@@ -71,13 +71,17 @@ class FileHandle:
     partial: Partial | None = None
     sync: bool = False
 
+DIR_CACHE = hasattr(pyfuse3.FileInfo, "cache_readdir")
+"""Whether this pyfuse3 lets opendir set FOPEN_CACHE_DIR (the build the Makefile makes does;
+see third_party/pyfuse3): without it every readdir goes to the daemon."""
+
 
 @dataclass
 class DirHandle:
-    """An open directory: the merged listing taken at opendir."""
+    """An open directory: the merged listing, taken at the first readdir from offset 0."""
 
     node: Node
-    names: list[bytes] = field(default_factory=list)
+    names: list[bytes] | None = None
 
 
 class OverlayOperations(pyfuse3.Operations):
@@ -94,6 +98,7 @@ class OverlayOperations(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._fh = itertools.count(1)
         self.timeout = ov.cfg.timeout
+        self.cache_dirs = self.timeout > 0 and DIR_CACHE
 
     # ------------------------------------------------------------ helpers
 
@@ -485,13 +490,17 @@ class OverlayOperations(pyfuse3.Operations):
     # ------------------------------------------------------------ directories
 
     @guarded
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         node = self.ov.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        names = [b".", b"..", *self.ov.listing(node)]
         fh = self._new_fh()
-        self.dirs[fh] = DirHandle(node, names)
+        self.dirs[fh] = DirHandle(node)
+        if self.cache_dirs:
+            # the kernel keeps the listing in its page cache across opens and drops it
+            # itself when the directory changes through this mount (only this daemon
+            # changes the layers): a warm readdir never reaches the daemon
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True, cache_readdir=True)
         return fh
 
     @guarded
@@ -500,8 +509,13 @@ class OverlayOperations(pyfuse3.Operations):
         if d is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         ov = self.ov
-        for i in range(start_id, len(d.names)):
-            name = d.names[i]
+        if d.names is None or start_id == 0:
+            # like kernel overlayfs, the merged listing is read at the first readdir
+            # (and again after a rewinddir)
+            d.names = [b".", b"..", *ov.listing(d.node)]
+        names = d.names
+        for i in range(start_id, len(names)):
+            name = names[i]
             if name == b"." or name == b"..":
                 target = d.node if name == b"." else (d.node.parent or d.node)
                 # the kernel takes no reference for these two: count none

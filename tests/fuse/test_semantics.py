@@ -96,6 +96,60 @@ def test_merged_subdirectory(ovl: Ovl) -> None:
 
 
 @BOTH
+def test_listing_follows_every_change_made_through_the_mount(ovl: Ovl) -> None:
+    # overlayboot lets the kernel keep listings cached across opens (FOPEN_CACHE_DIR):
+    # each change made through the mount must show in the next listing of both parents
+    d, root = ovl.m("dir"), ovl.m()
+    expect_d = set(os.listdir(d))
+    expect_root = set(os.listdir(root))
+
+    def check(step: str) -> None:
+        assert set(os.listdir(d)) == expect_d, step
+        assert set(os.listdir(root)) == expect_root, step
+        assert {e[0].decode() for e in getdents(d, 280)} - {".", ".."} == expect_d, step
+
+    check("start")
+    open(os.path.join(d, "new"), "w").close()
+    expect_d.add("new")
+    check("create")
+    os.unlink(os.path.join(d, "a1.txt"))
+    expect_d.discard("a1.txt")
+    check("unlink of a lower file")
+    os.rename(os.path.join(d, "a2.txt"), os.path.join(d, "renamed"))
+    expect_d ^= {"a2.txt", "renamed"}
+    check("rename within")
+    os.rename(os.path.join(d, "renamed"), ovl.m("moved_out"))
+    expect_d.discard("renamed")
+    expect_root.add("moved_out")
+    check("rename out")
+    os.rename(ovl.m("top.txt"), os.path.join(d, "moved_in"))
+    expect_root.discard("top.txt")
+    expect_d.add("moved_in")
+    check("rename in")
+    os.mkdir(os.path.join(d, "nd"))
+    expect_d.add("nd")
+    check("mkdir")
+    os.rmdir(os.path.join(d, "nd"))
+    expect_d.discard("nd")
+    check("rmdir")
+    os.link(os.path.join(d, "common"), os.path.join(d, "common2"))
+    expect_d.add("common2")
+    check("link")
+    os.symlink("common", os.path.join(d, "sl"))
+    os.mkfifo(os.path.join(d, "ff"))
+    expect_d |= {"sl", "ff"}
+    check("symlink, mkfifo")
+    os.unlink(os.path.join(d, "sub", "deep.txt"))
+    os.rmdir(os.path.join(d, "sub"))
+    expect_d.discard("sub")
+    check("rmdir of a merged lower dir")
+    os.mkdir(os.path.join(d, "sub"))
+    expect_d.add("sub")
+    check("mkdir over it (opaque)")
+    assert os.listdir(os.path.join(d, "sub")) == []
+
+
+@BOTH
 def test_listing_has_dot_and_dotdot_once_and_matching_inodes(ovl: Ovl) -> None:
     for rel in ("", "dir", "only1", "meta/inner"):
         ents = getdents(ovl.m(rel), 4096)

@@ -1,0 +1,34 @@
+#!/bin/bash
+# Build and install pyfuse3 3.5.0 with overlayboot.patch into a venv.
+# usage: third_party/pyfuse3/build.sh VENV_PYTHON CACHE_DIR
+# The sdist comes from PyPI (pip download), is checked against its sha256, patched and
+# built (Cython from PyPI in pip's build environment); the result is installed as
+# version 3.5.0+overlayboot.1, which satisfies overlayboot's "pyfuse3>=3.4,<3.6".
+set -euo pipefail
+PY=$1
+CACHE=$(mkdir -p "$2" && cd "$2" && pwd)
+VERSION=3.5.0
+LOCAL=overlayboot.1
+SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
+HERE=$(cd "$(dirname "$0")" && pwd)
+SDIST=$CACHE/pyfuse3-$VERSION.tar.gz
+
+if "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('pyfuse3') != '$VERSION+$LOCAL')" 2>/dev/null; then
+  exit 0
+fi
+if ! echo "$SHA256  $SDIST" | sha256sum -c --quiet >/dev/null 2>&1; then
+  rm -f "$SDIST"
+  "$PY" -m pip download -q --no-deps --no-binary :all: -d "$CACHE" "pyfuse3==$VERSION"
+  if ! echo "$SHA256  $SDIST" | sha256sum -c --quiet; then
+    echo "ERROR: $SDIST does not have the expected sha256; delete it and retry" >&2
+    exit 1
+  fi
+fi
+SRC=$(mktemp -d "$CACHE/src.XXXXXX")
+trap 'rm -rf "$SRC"' EXIT
+tar -xzf "$SDIST" -C "$SRC"
+cd "$SRC/pyfuse3-$VERSION"
+patch -s -p1 < "$HERE/overlayboot.patch"
+rm -f src/pyfuse3/__init__.c   # generated from the patched .pyx by the build
+SETUPTOOLS_SCM_PRETEND_VERSION="$VERSION+$LOCAL" "$PY" -m pip install -q .
+echo "pyfuse3 $VERSION+$LOCAL installed (patched: third_party/pyfuse3/overlayboot.patch)"
