@@ -71,6 +71,7 @@ class FileHandle:
     partial: Partial | None = None
     sync: bool = False
 
+
 DIR_CACHE = hasattr(pyfuse3.FileInfo, "cache_readdir")
 """Whether this pyfuse3 lets opendir set FOPEN_CACHE_DIR (the build the Makefile makes does;
 see third_party/pyfuse3): without it every readdir goes to the daemon."""
