@@ -17,16 +17,27 @@ if [ "$OB_OVERLAY" = kernel ]; then
         die "kernel overlayfs did not mount (overlayboot.overlay=kernel)"
     log "root: kernel overlayfs"
 else
-    mkdir -p "$OB_RUN/bin" "$OB_RUN/dev" "$OB_RUN/root" "$OB_RUN/tmp"
-    cp /bin/busybox "$OB_RUN/bin/busybox" && ln -sf busybox "$OB_RUN/bin/sh"
-    [ -c "$OB_RUN/dev/null" ] || mknod -m 666 "$OB_RUN/dev/null" c 1 3
-    [ -c "$OB_RUN/dev/fuse" ] || mknod -m 666 "$OB_RUN/dev/fuse" c 10 229
+    daemon_root || die "cannot prepare $OB_RUN for the overlay daemon"
     debug_flag=
     [ -n "$OB_DEBUG" ] && debug_flag=--debug
-    chroot "$OB_RUN" /runtime/overlayboot mount $debug_flag \
-        --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
-        --work "${OB_WORKDIR#"$OB_RUN"}" --log /daemon.log /root ||
-        die "the overlay daemon did not start (its log: $OB_RUN/daemon.log)"
+    set -- mount $debug_flag --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
+        --work "${OB_WORKDIR#"$OB_RUN"}" --log /daemon.log /root
+    if [ -n "${OB_STANDBY_PID:-}" ] && kill -0 "$OB_STANDBY_PID" 2>/dev/null; then
+        # the process phase standby started: its arguments, one per line, written whole
+        printf '%s\n' "$@" > "$OB_RUN/standby.args.tmp" &&
+            mv "$OB_RUN/standby.args.tmp" "$OB_RUN/standby.args" ||
+            die "cannot write $OB_RUN/standby.args"
+        wait "$OB_STANDBY_PID"
+        started=$?
+        OB_STANDBY_PID=
+        state daemon_start standby
+    else
+        standby_stop
+        chroot "$OB_RUN" /runtime/overlayboot "$@"
+        started=$?
+        state daemon_start direct
+    fi
+    [ "$started" = 0 ] || die "the overlay daemon did not start (its log: $OB_RUN/daemon.log)"
     mount --move "$OB_RUN/root" /root || die "cannot move the overlay to /root"
     log "root: overlayboot (FUSE), daemon pid $(cat "$OB_RUN"/run/overlayboot/mounts/*.pid 2>/dev/null)"
 fi

@@ -5,6 +5,7 @@ for d in dev proc sys run; do
     [ -d "/root/$d" ] || mkdir -p "/root/$d" || die "cannot create /$d in the root"
 done
 state init "$OB_INIT"
+standby_stop  # a replaced phase overlay may have left it waiting
 log "switching to the live root ($OB_INIT) at $(cut -d' ' -f1 /proc/uptime) s"
 mount --move /dev /root/dev
 mount --move /proc /root/proc

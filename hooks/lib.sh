@@ -153,3 +153,20 @@ devspec() {
 mem_available_kb() {
     awk '/^MemAvailable:/ {print $2}' /proc/meminfo
 }
+
+# args: none; the daemon's chroot in $OB_RUN: its own busybox (/bin/sh for the runtime's
+# launchers), /dev/null, /dev/fuse, and /root, where it mounts the overlay
+daemon_root() {
+    mkdir -p "$OB_RUN/bin" "$OB_RUN/dev" "$OB_RUN/root" "$OB_RUN/tmp"
+    [ -x "$OB_RUN/bin/busybox" ] || cp /bin/busybox "$OB_RUN/bin/busybox" || return 1
+    ln -sf busybox "$OB_RUN/bin/sh"
+    [ -c "$OB_RUN/dev/null" ] || mknod -m 666 "$OB_RUN/dev/null" c 1 3 || return 1
+    [ -c "$OB_RUN/dev/fuse" ] || mknod -m 666 "$OB_RUN/dev/fuse" c 10 229 || return 1
+}
+
+# args: none; stops a standby daemon process (05-standby.sh) that phase overlay did not use
+standby_stop() {
+    [ -n "${OB_STANDBY_PID:-}" ] || return 0
+    kill "$OB_STANDBY_PID" 2>/dev/null
+    OB_STANDBY_PID=
+}

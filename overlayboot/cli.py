@@ -228,6 +228,20 @@ def status_cmd() -> None:
         click.echo(line)
 
 
+@cli.command("standby", hidden=True)
+@click.argument("args_file", type=click.Path(path_type=Path))
+@domain_errors
+def standby_cmd(args_file: Path) -> None:
+    """Import the daemon now; run the command written to ARGS_FILE later (the boot's phase
+    "standby"; see overlayboot/standby.py)."""
+    from overlayboot.standby import preload, wait_for_args
+
+    preload()
+    argv = wait_for_args(args_file)
+    if argv:
+        cli.main(args=argv, prog_name="overlayboot")
+
+
 @cli.command("demo")
 @click.option("--dir", "base", type=click.Path(path_type=Path), default=None)
 @click.option("--overlay", is_flag=True, help="Show the overlay alone (no image, no VM).")

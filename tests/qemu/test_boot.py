@@ -68,12 +68,14 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return plain_iso(base / "iso", base / "live.iso")
 
 
-def boot(kernel: Kernel, initramfs: BuiltInitramfs, drives: list[str], *params: str) -> Vm:
+def boot(
+    kernel: Kernel, initramfs: BuiltInitramfs, drives: list[str], *params: str, cpus: int = 1
+) -> Vm:
     config = VmConfig(
         kernel=kernel.image,
         initrd=initramfs.path,
         append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
-        extra=tuple(drives),
+        extra=("-smp", str(cpus), *drives),
     )
     return Vm(config)
 
@@ -101,10 +103,11 @@ def vm_guard() -> Iterator[list[Vm]]:
         vm.kill()
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
 def test_cd_boot_to_a_writable_fuse_root(
-    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, cpus: int
 ) -> None:
-    with boot(kernel, initramfs, cd(medium)) as vm:
+    with boot(kernel, initramfs, cd(medium), cpus=cpus) as vm:
         up = vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
         root = vm.wait_for(r"^ROOT-MOUNT:", timeout=5)
         assert " / fuse.overlayboot " in root.text, vm.log()
@@ -114,9 +117,14 @@ def test_cd_boot_to_a_writable_fuse_root(
         assert run(vm, "R4", "grep -c persistent=no /run/overlayboot/state") == "1"
         status = run(vm, "R5", "/run/overlayboot/runtime/overlayboot status | grep changes:")
         assert "lost at power-off" in status
+        # with two CPUs the daemon was started early (phase standby), with one directly
+        started = "standby" if cpus > 1 else "direct"
+        assert run(vm, "R6", "grep daemon_start= /run/overlayboot/state") == (
+            f"daemon_start={started}"
+        )
         vm.send("exit\n")
         vm.wait_exit(timeout=60)
-    print(f"BIOS CD boot with overlayboot: shell after {up.at:.1f} s")
+    print(f"BIOS CD boot with overlayboot, {cpus} vCPU: shell after {up.at:.1f} s")
 
 
 def test_kernel_overlayfs_fallback(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:
@@ -134,7 +142,8 @@ def test_persistence_survives_a_reboot(
 ) -> None:
     rw = ext4_image(tmp_path / "rw.img")
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
+    # two CPUs: the daemon comes from phase standby, on the persistence partition too
+    with boot(kernel, initramfs, cd(medium) + disk(rw), upper, cpus=2) as vm:
         vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
         assert run(vm, "P1", "echo kept > /root-note && cat /root-note") == "kept"
         assert run(vm, "P2", "grep -c persistent=yes /run/overlayboot/state") == "1"
