@@ -57,7 +57,7 @@ def test_the_cli_runs_the_command_it_is_given_later(tmp_path: Path) -> None:
     time.sleep(0.5)
     assert proc.poll() is None  # still waiting
     _write_later(args, b"mount\n--lower\n" + str(tmp_path / "nope").encode() + b"\n", 0).join()
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     # the inner command ran: mount's own one-line error and its exit code
     assert proc.returncode == 2, err
     assert (
