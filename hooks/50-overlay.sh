@@ -39,5 +39,10 @@ else
     fi
     [ "$started" = 0 ] || die "the overlay daemon did not start (its log: $OB_RUN/daemon.log)"
     mount --move "$OB_RUN/root" /root || die "cannot move the overlay to /root"
+    # a 1 MiB readahead window (FUSE starts at 128 KiB; the chrooted daemon has no /sys)
+    dev=$(awk '$5 == "/root" { d = $3 } END { print d }' /proc/self/mountinfo)
+    if [ -n "$dev" ]; then
+        echo 1024 > "/sys/class/bdi/$dev/read_ahead_kb" || log "readahead of the root not set"
+    fi
     log "root: overlayboot (FUSE), daemon pid $(cat "$OB_RUN"/run/overlayboot/mounts/*.pid 2>/dev/null)"
 fi

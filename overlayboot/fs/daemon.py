@@ -44,6 +44,46 @@ def fuse_options(cfg: OverlayConfig) -> set[str]:
     return opts
 
 
+READ_AHEAD_KB = 1024
+"""The mount's readahead window. FUSE starts at 128 KiB, so a sequential read reaches the
+daemon in 128 KiB requests; libfuse allows 1 MiB (max_pages 256), which this window uses."""
+
+
+def mount_device(mountpoint: Path, fstype: bytes = b"fuse.overlayboot") -> str | None:
+    """``major:minor`` of the newest ``fstype`` mount at ``mountpoint`` (from mountinfo).
+
+    Read from /proc rather than with stat(2): a stat of a FUSE mount before its loop runs
+    would wait for the daemon itself."""
+    target = os.fsencode(os.path.abspath(mountpoint))
+    for c, esc in ((b"\\", b"\\134"), (b" ", b"\\040"), (b"\t", b"\\011"), (b"\n", b"\\012")):
+        target = target.replace(c, esc)
+    found = None
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            for line in f:
+                fields = line.split()
+                _, _, rest = line.partition(b" - ")
+                if len(fields) > 4 and fields[4] == target and rest.split()[:1] == [fstype]:
+                    found = fields[2].decode()
+    except OSError:
+        return None
+    return found
+
+
+def set_read_ahead(mountpoint: Path, kib: int = READ_AHEAD_KB) -> bool:
+    """Set the mount's readahead (root only; best effort): whether it was set."""
+    dev = mount_device(mountpoint)
+    if dev is None:
+        return False
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(f"{kib}\n")
+    except OSError as exc:
+        log.debug("readahead of %s not set: %s", mountpoint, exc)
+        return False
+    return True
+
+
 def setup_logging(log_file: Path | None, debug: bool) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -77,7 +117,13 @@ def _daemonize() -> None:
         os.close(devnull)
 
 
-async def _main_loop(ov: Overlay) -> None:
+async def _widen_read_ahead(ops: OverlayOperations, mountpoint: Path) -> None:
+    # the kernel caps the window at what it offered when it gets the INIT reply: after it
+    await ops.initialized.wait()
+    set_read_ahead(mountpoint)
+
+
+async def _main_loop(ov: Overlay, ops: OverlayOperations, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
 
         async def on_signal() -> None:
@@ -89,6 +135,7 @@ async def _main_loop(ov: Overlay) -> None:
 
         nursery.start_soon(on_signal)
         nursery.start_soon(ov.partials.flusher)
+        nursery.start_soon(_widen_read_ahead, ops, mountpoint)
         await pyfuse3.main(min_tasks=2, max_tasks=64)
         nursery.cancel_scope.cancel()
 
@@ -129,7 +176,7 @@ def serve(
     )
     unmount = True
     try:
-        trio.run(_main_loop, ov)
+        trio.run(_main_loop, ov, ops, mountpoint)
     except BaseException:
         log.exception("INTERNAL: main loop failed")
         raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from overlayboot.fs import dirops
 from overlayboot.fs.chunked import Partial
@@ -100,6 +101,10 @@ class OverlayOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.timeout = ov.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
+        self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # ------------------------------------------------------------ helpers
 

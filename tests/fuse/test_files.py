@@ -15,6 +15,7 @@ import socket
 import stat
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -546,3 +547,15 @@ def _try_lock_range(path: str, start: int) -> Callable[[], int]:
             return 0
 
     return attempt
+
+
+def test_the_mount_reads_ahead_1_mib(ovl_factory: OvlFactory) -> None:
+    # FUSE starts at 128 KiB; the daemon widens its mount's window so that a sequential
+    # read reaches it in 1 MiB requests
+    from overlayboot.fs.daemon import READ_AHEAD_KB, mount_device
+
+    o = ovl_factory("overlayboot")
+    dev = mount_device(Path(o.m()))
+    st_dev = os.stat(o.m()).st_dev
+    assert dev == f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    assert Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text().strip() == str(READ_AHEAD_KB)

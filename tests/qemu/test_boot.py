@@ -122,6 +122,8 @@ def test_cd_boot_to_a_writable_fuse_root(
         assert run(vm, "R6", "grep daemon_start= /run/overlayboot/state") == (
             f"daemon_start={started}"
         )
+        bdi = "/sys/class/bdi/$(awk '$5 == \"/\" { d = $3 } END { print d }' /proc/self/mountinfo)"
+        assert run(vm, "R7", f"cat {bdi}/read_ahead_kb") == "1024"
         vm.send("exit\n")
         vm.wait_exit(timeout=60)
     print(f"BIOS CD boot with overlayboot, {cpus} vCPU: shell after {up.at:.1f} s")
