@@ -15,18 +15,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlayboot import mounttable
 from overlayboot.errors import ToolError
 from overlayboot.run import run
 
 
 def mounted_under(base: Path) -> list[Path]:
-    """Mount points at or below ``base`` (from /proc/self/mounts), deepest first."""
+    """Mount points at or below ``base``, deepest first."""
     found: list[Path] = []
     prefix = str(base.resolve())
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        target = line.split()[1].replace("\\040", " ")
-        if target == prefix or target.startswith(prefix + "/"):
-            found.append(Path(target))
+    for m in mounttable.mounts():
+        if m.target == prefix or m.target.startswith(prefix + "/"):
+            found.append(Path(m.target))
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 

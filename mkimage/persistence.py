@@ -19,6 +19,7 @@ from pathlib import Path
 
 from mkimage import mbr
 from mkimage.atomic import atomic_output
+from overlayboot import mounttable
 from overlayboot.errors import OverlaybootError, UsageError
 from overlayboot.run import run, which
 
@@ -97,11 +98,7 @@ def _is_block(path: Path) -> bool:
 
 def _mounted(device: Path) -> bool:
     real = os.path.realpath(device)
-    try:
-        with open("/proc/mounts") as f:
-            return any(os.path.realpath(ln.split()[0]) == real for ln in f if ln.strip())
-    except OSError:
-        return False
+    return any(os.path.realpath(m.source) == real for m in mounttable.mounts())
 
 
 def create_persistence(

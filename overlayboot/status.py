@@ -2,7 +2,7 @@
 
 Reads what the boot phases recorded in ``/run/overlayboot/state`` (``KEY=value``
 lines: medium, image, upper, persistence, overlay kind) and adds the upper's
-usage and free space and the overlay mounts from ``/proc/mounts``.
+usage and free space and what is mounted on ``/`` (``overlayboot.mounttable``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlayboot import mounttable
 from overlayboot.errors import OverlaybootError
 from overlayboot.probe import human
 
@@ -65,11 +66,7 @@ def read_status(state: Path = STATE) -> Status:
         sv = os.statvfs(upperdir)
         total, free = sv.f_blocks * sv.f_frsize, sv.f_bavail * sv.f_frsize
     root = None
-    try:
-        for line in Path("/proc/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 2 and fields[1] == "/" and fields[2] != "rootfs":
-                root = f"{fields[0]} on / type {fields[2]}"
-    except OSError:
-        pass
+    for m in mounttable.mounts():
+        if m.target == "/" and m.fstype != "rootfs":
+            root = f"{m.source} on / type {m.fstype}"
     return Status(values, total, free, root)

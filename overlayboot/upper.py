@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
 from overlayboot.fs import seal
 from overlayboot.fs.config import split_lowerdir
@@ -38,16 +39,13 @@ def users(upper: bytes) -> list[str]:
     Best effort: without /proc nothing is found."""
     found: list[str] = []
     try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            lines = f.readlines()
         pids = os.listdir("/proc")
     except OSError:
         return found
-    for line in lines:
-        _, _, rest = line.partition(b" - ")
-        fields = rest.split()
-        if fields and fields[0] == b"overlay" and b"upperdir=" + upper in line:
-            found.append(f"a kernel overlay mount ({line.split()[4].decode(errors='replace')})")
+    upper_opt = "upperdir=" + os.fsdecode(upper)
+    for m in mounttable.mounts():
+        if m.fstype == "overlay" and upper_opt in m.super_options:
+            found.append(f"a kernel overlay mount ({m.target})")
     me = str(os.getpid())
     for pid in pids:
         if not pid.isdigit() or pid == me:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from overlayboot import mounttable
 from overlayboot.errors import MountError
 from overlayboot.fs import seal
 from overlayboot.fs.config import OverlayConfig
@@ -49,25 +50,11 @@ READ_AHEAD_KB = 1024
 daemon in 128 KiB requests; libfuse allows 1 MiB (max_pages 256), which this window uses."""
 
 
-def mount_device(mountpoint: Path, fstype: bytes = b"fuse.overlayboot") -> str | None:
-    """``major:minor`` of the newest ``fstype`` mount at ``mountpoint`` (from mountinfo).
-
-    Read from /proc rather than with stat(2): a stat of a FUSE mount before its loop runs
-    would wait for the daemon itself."""
-    target = os.fsencode(os.path.abspath(mountpoint))
-    for c, esc in ((b"\\", b"\\134"), (b" ", b"\\040"), (b"\t", b"\\011"), (b"\n", b"\\012")):
-        target = target.replace(c, esc)
-    found = None
-    try:
-        with open("/proc/self/mountinfo", "rb") as f:
-            for line in f:
-                fields = line.split()
-                _, _, rest = line.partition(b" - ")
-                if len(fields) > 4 and fields[4] == target and rest.split()[:1] == [fstype]:
-                    found = fields[2].decode()
-    except OSError:
-        return None
-    return found
+def mount_device(mountpoint: Path, fstype: str = "fuse.overlayboot") -> str | None:
+    """``major:minor`` of the newest ``fstype`` mount at ``mountpoint``; None if none."""
+    target = os.path.abspath(mountpoint)
+    found = [m.dev for m in mounttable.mounts() if m.target == target and m.fstype == fstype]
+    return found[-1] if found else None
 
 
 def set_read_ahead(mountpoint: Path, kib: int = READ_AHEAD_KB) -> bool:

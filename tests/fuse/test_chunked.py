@@ -327,6 +327,14 @@ def test_full_upper_fails_chunk_writes_and_keeps_the_file_readable(
 # -- interoperability: seal, check, a changed lower ----------------------------------------
 
 
+def test_seal_refuses_an_upper_kernel_overlayfs_has_mounted(ovl_factory: OvlFactory) -> None:
+    if not have_kernel_overlay():
+        pytest.skip("kernel overlayfs is not available")
+    o = ovl_factory("kernel")
+    r = _overlayboot("upper", "seal", str(o.upper))
+    assert r.returncode == 3 and f"a kernel overlay mount ({o.m()})" in r.stderr, r
+
+
 def test_seal_then_kernel_overlayfs_shows_the_same(ovl_factory: OvlFactory) -> None:
     if not have_kernel_overlay():
         pytest.skip("kernel overlayfs is not available")
