@@ -239,7 +239,7 @@ def standby_cmd(args_file: Path) -> None:
     preload()
     argv = wait_for_args(args_file)
     if argv:
-        cli.main(args=argv, prog_name="overlayboot")
+        main(argv)
 
 
 @cli.command("demo")

@@ -10,6 +10,7 @@ and runs those arguments as an ``overlayboot`` command in this same process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -40,9 +41,6 @@ def wait_for_args(args_file: Path, *, timeout: float | None = None) -> list[str]
             raise UsageError(f"standby: no arguments in {args_file} after {timeout:g} s")
         time.sleep(delay)
         delay = min(delay * 2, LAST_POLL)
-    args = [os.fsdecode(line) for line in data.split(b"\n") if line]
-    try:
+    with contextlib.suppress(OSError):
         args_file.unlink()
-    except OSError:
-        pass
-    return args
+    return [os.fsdecode(line) for line in data.split(b"\n") if line]
