@@ -41,7 +41,7 @@ def layers(tmp_path: Path) -> tuple[Path, Path]:
         cmap = chunked.load_map(fd, NAME)
         assert cmap is not None
         lower_fd = chunked.open_lower(os.fsencode(lower / "d/f"), cmap.lower)
-        p = chunked.Partial(fd, lower_fd, cmap, NAME)
+        p = chunked.ChunkedFile(fd, lower_fd, cmap, NAME)
         p.write(fd, 100_000, b"NEW!")
         p.persist()
         os.close(p.lower_fd)
