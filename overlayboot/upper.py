@@ -15,7 +15,7 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
-from overlayboot.fs import seal
+from overlayboot.fs import seal, upperlock
 from overlayboot.fs.config import split_lowerdir
 
 Echo = Callable[[str], None]
@@ -108,13 +108,17 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
     """Make every partial copy-up whole; UpperError if some could not be."""
     root = _dir(upper, "upper dir")
     lowers = _lowers(lower)
-    busy = users(root)
-    if busy:
-        raise ConfigError(
-            f"upper dir {upper} is in use by {', '.join(busy)}",
-            "unmount the overlay first, or mount it with --seal-on-umount",
-        )
-    findings = list(seal.walk(root, lowers, seal=True))
+    lock = upperlock.lock_upper(Path(os.fsdecode(root)))  # no daemon starts while sealing
+    try:
+        busy = users(root)
+        if busy:
+            raise ConfigError(
+                f"upper dir {upper} is in use by {', '.join(busy)}",
+                "unmount the overlay first, or mount it with --seal-on-umount",
+            )
+        findings = list(seal.walk(root, lowers, seal=True))
+    finally:
+        os.close(lock)
     bad = _report(findings, "sealed", "FAILED", echo)
     echo(f"{len(findings) - bad} partial copy-ups in {upper} made whole, {bad} left partial")
     _fail_if(bad, "could not be sealed")

@@ -47,6 +47,11 @@ def lock_layers(upper: Path, work: Path) -> tuple[int, ...]:
         raise
 
 
+def lock_upper(upper: Path) -> int:
+    """Lock ``upper`` alone (``overlayboot upper seal``); UpperInUse if a daemon has it."""
+    return _lock_dir(upper, "upper dir")
+
+
 def held_by_a_daemon(upper: Path) -> bool:
     """Whether a running daemon holds ``upper`` (the lock cannot be taken now)."""
     try:
