@@ -233,7 +233,9 @@ class Overlay:
         """The node's attributes; ``upper_st``: its upper lstat when the caller has it."""
         blocks = None
         if node.removed_stat is not None and node.path() is None:
-            return Stat(node.ino, node.removed_stat, 0)  # removed or replaced, still open
+            # removed or replaced, still open: a pure upper directory is gone (no link
+            # left); one with a lower part counts one link, as kernel overlayfs says
+            return Stat(node.ino, node.removed_stat, 1 if node.lowers else 0)
         if node.upper:
             path = self.upper_path(node)
             st = upper_st if upper_st is not None else os.lstat(path)

@@ -219,12 +219,14 @@ def serve(
     overlay.prepare_scratch()
     ops = OverlayOperations(overlay)
     if as_root:
-        survive.serve_as_root()
+        survive.ignore_termination()
     try:
         pyfuse3.init(ops, str(mountpoint), fuse_options(cfg))
     except RuntimeError as exc:
         raise MountError(f"cannot mount {mountpoint}: {exc}") from None
     ready = None if foreground else _daemonize()
+    if as_root:
+        survive.serve_as_root()  # memory locks are not inherited across fork: after it
     pidf = _write_pid_file(mountpoint)
     _ready(ready)
     log.info(
