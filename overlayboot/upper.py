@@ -22,9 +22,12 @@ Echo = Callable[[str], None]
 
 
 def _dir(path: Path, what: str) -> bytes:
-    if not path.is_dir():
-        raise ConfigError(f"{what} {path} is not a directory", "give the right path")
-    return os.fsencode(path.resolve())
+    try:
+        if not path.is_dir():
+            raise ConfigError(f"{what} {path} is not a directory", "give the right path")
+        return os.fsencode(path.resolve())
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}", "check its permissions") from None
 
 
 def _lowers(lower: str | None) -> list[bytes] | None:
@@ -96,9 +99,22 @@ def _fail_if(bad: int, what: str) -> None:
         )
 
 
+def _walk(root: bytes, lowers: list[bytes] | None, *, seal_them: bool) -> list[seal.Finding]:
+    """Every partial copy-up of the upper at ``root``; a directory that cannot be read is
+    an UpperError naming it (nothing is sealed past it)."""
+    try:
+        return list(seal.walk(root, lowers, seal=seal_them))
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
+        raise UpperError(
+            f"cannot read {where}: {exc.strerror}",
+            "check the upper filesystem (fsck) and its permissions",
+        ) from None
+
+
 def check(upper: Path, lower: str | None, echo: Echo) -> None:
     """List the partial copy-ups; UpperError if any of them cannot be read."""
-    findings = list(seal.walk(_dir(upper, "upper dir"), _lowers(lower)))
+    findings = _walk(_dir(upper, "upper dir"), _lowers(lower), seal_them=False)
     bad = _report(findings, "partial", "PROBLEM", echo)
     echo(f"{len(findings)} partial copy-ups in {upper}, {bad} with a problem")
     _fail_if(bad, "cannot be read as they were written")
@@ -116,7 +132,7 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
                 f"upper dir {upper} is in use by {', '.join(busy)}",
                 "unmount the overlay first, or mount it with --seal-on-umount",
             )
-        findings = list(seal.walk(root, lowers, seal=True))
+        findings = _walk(root, lowers, seal_them=True)
     finally:
         os.close(lock)
     bad = _report(findings, "sealed", "FAILED", echo)

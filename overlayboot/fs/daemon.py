@@ -213,10 +213,7 @@ def serve(
     locks = upperlock.lock_layers(cfg.upper, cfg.work)
     if log_file is None and not foreground:
         log_file = cfg.scratch / "daemon.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-    setup_logging(log_file, debug)
-    overlay = Overlay(cfg)
-    overlay.prepare_scratch()
+    overlay = _prepare(cfg, log_file, debug)
     ops = OverlayOperations(overlay)
     if as_root:
         survive.ignore_termination()
@@ -249,6 +246,22 @@ def serve(
         log.info("unmounted %s", mountpoint)
         for fd in locks:
             os.close(fd)
+
+
+def _prepare(cfg: OverlayConfig, log_file: Path | None, debug: bool) -> Overlay:
+    """The log, the overlay's state and its scratch dir; a failure is one ConfigError."""
+    try:
+        if log_file is not None and log_file.parent == cfg.scratch:
+            cfg.scratch.mkdir(parents=True, exist_ok=True)
+        setup_logging(log_file, debug)
+        overlay = Overlay(cfg)
+        overlay.prepare_scratch()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot prepare the work dir {cfg.work}: {exc.strerror}",
+            "check that the upper filesystem has free space and inodes",
+        ) from None
+    return overlay
 
 
 def _finish_partials(overlay: Overlay) -> None:

@@ -222,3 +222,28 @@ def test_fsname_option_is_what_the_mount_table_shows(ovl_factory: OvlFactory) ->
     with open("/proc/self/mountinfo") as f:
         mine = [line for line in f if f" {o.mnt} " in line]
     assert mine and mine[-1].split(" - ")[1].split()[1] == "liveroot", mine
+
+
+@pytest.mark.parametrize("free_inodes", [0, 1, 2])
+def test_an_upper_without_free_inodes_is_one_line(tmp_path: Path, free_inodes: int) -> None:
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    # the root, upper and work take three inodes; the rest are taken by filler files
+    opts = "nr_inodes=8,size=4m"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(fs)], check=True)
+    try:
+        for d in ("upper", "work"):
+            (fs / d).mkdir()
+        filler = 0
+        while os.statvfs(fs).f_ffree > free_inodes:
+            (fs / f"filler{filler}").touch()
+            filler += 1
+        lower, mnt = tmp_path / "lower", tmp_path / "mnt"
+        lower.mkdir()
+        mnt.mkdir()
+        argv = overlayboot_argv([lower], fs / "upper", fs / "work", mnt)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        _one_line_error(proc, 3, "is full")
+        assert not os.path.ismount(mnt)
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
