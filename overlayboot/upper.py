@@ -124,7 +124,13 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
     """Make every partial copy-up whole; UpperError if some could not be."""
     root = _dir(upper, "upper dir")
     lowers = _lowers(lower)
-    lock = upperlock.lock_upper(Path(os.fsdecode(root)))  # no daemon starts while sealing
+    try:
+        lock = upperlock.lock_upper(Path(os.fsdecode(root)))  # no daemon starts meanwhile
+    except upperlock.UpperInUse:
+        raise ConfigError(
+            f"upper dir {upper} is in use by a running overlayboot daemon",
+            "unmount the overlay first, or mount it with --seal-on-umount",
+        ) from None
     try:
         busy = users(root)
         if busy:

@@ -41,7 +41,7 @@ def protect_from_oom(proc: str = "/proc/self") -> bool:
         with open(f"{proc}/oom_score_adj", "w") as f:
             f.write(f"{OOM_SCORE_ADJ_MIN}\n")
     except OSError as exc:
-        log.warning("oom_score_adj not set: %s", exc)
+        log.info("oom_score_adj not set here (%s): the boot flow sets it by pid", exc)
         return False
     return True
 
