@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,9 +32,10 @@ def _say(text: str) -> None:
 
 
 def _sh(cmd: str, cwd: Path) -> None:
+    """Show a shell command line, run it and show its output; a failure ends the demo."""
     click.secho(f"$ {cmd}", fg="yellow")
-    out = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True)
-    sys.stdout.write(out.stdout + out.stderr)
+    out = run(["sh", "-c", cmd], cwd=cwd)
+    sys.stdout.write((out.stdout + out.stderr).decode(errors="replace"))
 
 
 def _build_lower(src: Path) -> None:
@@ -162,4 +162,4 @@ def run_live_demo(out: Path) -> None:
         raise OverlaybootError("the file written on the first boot is missing after the reboot")
     if sys.stdin.isatty():
         _say("boot 3 is yours: the console is handed over (type 'poweroff' to leave)")
-        subprocess.run(config.argv(), check=False)
+        run(config.argv(), capture=False)
