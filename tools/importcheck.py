@@ -7,7 +7,8 @@ without the other), so it is reported like any other. Importing a package from o
 its own modules (``overlayboot.cli`` -> ``overlayboot``) is not an edge.
 
 usage: python3 tools/importcheck.py [--root DIR] PACKAGE...
-Prints each circle (its modules, and one cycle ``a -> b -> ... -> a``), then a summary line; exits 1 if any.
+Prints each circle (its modules, and one cycle ``a -> b -> ... -> a``), then a summary
+line; exits 1 if there is any.
 Standard library only (``ast``): no module of the packages is imported or run.
 """
 

@@ -95,5 +95,8 @@ def test_a_command_whose_module_is_absent_is_not_listed_and_fails_in_one_line() 
     assert listing.exit_code == 0 and "later" in listing.output and "gone" not in listing.output
     called = CliRunner().invoke(group, ["gone"])
     assert called.exit_code == 2
-    assert "'gone' is not part of this installation (no module no_such_package.commands)" in called.output
+    assert (
+        "'gone' is not part of this installation (no module no_such_package.commands)"
+        in called.output
+    )
     assert "Traceback" not in called.output
