@@ -176,12 +176,12 @@ def kernel() -> None:
 @domain_errors
 def kernel_fetch_cmd(series: str, cache: Path) -> None:
     """Download a Debian kernel and its modules into the cache (the host's /boot untouched)."""
-    k = fetch_kernel(cache, series)
-    click.echo(f"kernel {k.version}")
-    click.echo(f"  image   {k.image}")
-    click.echo(f"  modules {k.modules}")
-    if k.config is not None:
-        click.echo(f"  config  {k.config}")
+    fetched = fetch_kernel(cache, series)
+    click.echo(f"kernel {fetched.version}")
+    click.echo(f"  image   {fetched.image}")
+    click.echo(f"  modules {fetched.modules}")
+    if fetched.config is not None:
+        click.echo(f"  config  {fetched.config}")
 
 
 # --- root, squashfs, ISO, USB, everything --------------------------------------------
@@ -338,10 +338,10 @@ def build_usb_cmd(
     built = build_usb(
         iso, output, size=parse_size(persistence_size), label=persistence_label, epoch=epoch
     )
-    p = built.partition
+    part = built.partition
     click.echo(
-        f"{built.path}: {built.size:,d} bytes; partition {p.slot} = ext4 "
-        f"{built.persistence.label} at sector {p.start}, {p.sectors} sectors; "
+        f"{built.path}: {built.size:,d} bytes; partition {part.slot} = ext4 "
+        f"{built.persistence.label} at sector {part.start}, {part.sectors} sectors; "
         f"{time.monotonic() - started:.1f} s"
     )
 

@@ -414,20 +414,20 @@ def _copy_binaries(plan: _Plan, tree: Path, *, strip: bool) -> list[str]:
 def _copy_modules(plan: _Plan, tree: Path, *, strip: bool) -> None:
     """The zip of pure modules, lib-dynload, and the packages that stay on disk."""
     write_module_zip(plan.zipped, tree / ZIP_FILE)
-    for m in plan.dynload:
-        assert m.path is not None
-        _copy_elf(m.path, tree / DYNLOAD_DIR / m.path.name, strip=strip)
+    for ext in plan.dynload:
+        assert ext.path is not None
+        _copy_elf(ext.path, tree / DYNLOAD_DIR / ext.path.name, strip=strip)
     packages = tree / PACKAGES_DIR
-    for m in plan.disk_modules:
-        assert m.path is not None
-        target = _disk_target(m, packages)
-        if m.kind == "extension":
-            _copy_elf(m.path, target, strip=strip)
-        elif m.path.suffix == ".py":
+    for module in plan.disk_modules:
+        assert module.path is not None
+        target = _disk_target(module, packages)
+        if module.kind == "extension":
+            _copy_elf(module.path, target, strip=strip)
+        elif module.path.suffix == ".py":
             rel = target.relative_to(packages).as_posix()
-            _write(target, pyc_bytes(m.path.read_bytes(), rel[:-1]))
+            _write(target, pyc_bytes(module.path.read_bytes(), rel[:-1]))
         else:
-            _write(target, m.path.read_bytes())
+            _write(target, module.path.read_bytes())
     for rel, data in sorted(_dist_metadata([*plan.disk, "overlayboot"]).items()):
         _write(packages / rel, data)
 

@@ -64,15 +64,15 @@ def run_demo(base: Path) -> None:
     if os.geteuid() != 0:
         raise OverlaybootError("the demo mounts filesystems: run it as root (sudo make demo)")
     base = base.resolve()
-    for m in ("merged", "kernel", "lower"):
-        if os.path.ismount(base / m):
-            run(["umount", "-l", base / m], check=False)
+    for name in ("merged", "kernel", "lower"):
+        if os.path.ismount(base / name):
+            run(["umount", "-l", base / name], check=False)
     if base.exists():
         shutil.rmtree(base)
     src, img = base / "rootfs", base / "root.squashfs"
     lower, upper, work, mnt = base / "lower", base / "upper", base / "work", base / "merged"
-    for d in (src, lower, upper, work, mnt):
-        d.mkdir(parents=True)
+    for directory in (src, lower, upper, work, mnt):
+        directory.mkdir(parents=True)
     _say("building a read-only root: a squashfs image, loop-mounted as the lower layer")
     _build_lower(src)
     run(["mksquashfs", src, img, "-noappend", "-comp", "zstd", "-quiet"])
