@@ -33,8 +33,9 @@ def ci_enabled() -> bool:
 def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     """The reason a skipped report gives (pytest stores it as ``(path, line, 'Skipped: …')``)."""
     longrepr = report.longrepr
-    text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    return text.removeprefix("Skipped: ")
+    if isinstance(longrepr, tuple):
+        return longrepr[2].removeprefix("Skipped: ")
+    return f"(no reason given: {longrepr!r} in {getattr(report, 'when', 'collect')})"
 
 
 @dataclass(frozen=True)
