@@ -72,11 +72,11 @@ class SkipGuard:
         reason = self._unexpected(report)
         if reason is not None:
             report.outcome = "failed"
-        report.longrepr = (
-            f"skipped in CI: {reason}\n"
-            "CI must run every test: give it what it needs (a tool: APT_PACKAGES in the "
-            "Makefile) or allow the reason, with why, in ALLOWED_SKIPS (tests/conftest.py)"
-        )
+            report.longrepr = (
+                f"skipped in CI: {reason}\n"
+                "CI must run every test: give it what it needs (a tool: APT_PACKAGES in the "
+                "Makefile) or allow the reason, with why, in ALLOWED_SKIPS (tests/conftest.py)"
+            )
         return report
 
     @pytest.hookimpl(wrapper=True)

@@ -71,6 +71,28 @@ def test_under_ci_an_unlisted_skip_fails_the_run(
     )
 
 
+def test_under_ci_other_outcomes_keep_their_reports(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(
+        """
+        import pytest
+
+        def test_fails():
+            assert 1 == 2, "one is not two"
+
+        @pytest.mark.xfail(strict=True, reason="a known bug")
+        def test_known_bug():
+            assert False
+        """
+    )
+    result = _run(pytester, "-p", "tests.conftest")
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*AssertionError: one is not two*"])
+    result.stdout.no_fnmatch_line("*skipped in CI*")
+
+
 def test_under_ci_a_module_skip_fails_the_session(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
