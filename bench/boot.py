@@ -4,10 +4,11 @@ Boot: the default image (``build all`` into the scratch dir), booted with ``-ker
 ``-initrd`` and the ISO as a CD, from QEMU's start to the root's
 ``OVERLAYBOOT-ROOT: up`` line, once with ``overlayboot.overlay=kernel`` and once with
 ``fuse``, interleaved run by run (TCG unless ``OVERLAYBOOT_QEMU_ACCEL=kvm``), with one
-vCPU and with two (with two, the boot's phase standby imports the daemon while the
-modules load; with one it does not start). Build: the
-wall time of ``build all`` (kernel cached, everything else rebuilt) and the initramfs
-size and build time for every compression.
+vCPU (multi-threaded TCG) and with two (single-threaded TCG, as mkimage.vm picks it for
+more than one vCPU: multi-threaded TCG crashes such guests now and then; with two, the
+boot's phase standby imports the daemon while the modules load; with one it does not
+start). Build: the wall time of ``build all`` (kernel cached, everything else rebuilt) and
+the initramfs size and build time for every compression.
 """
 
 from __future__ import annotations

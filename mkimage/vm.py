@@ -6,11 +6,16 @@ pattern, with a timeout; the full log is always available (``log``) for failure 
 QEMU is always killed by its PID when the ``Vm`` context ends.
 
 KVM is used only when asked for (``OVERLAYBOOT_QEMU_ACCEL=kvm``) and ``/dev/kvm`` opens:
-on these machines it does not run Debian kernels, so TCG is the default.
+on these machines it does not run Debian kernels, so TCG is the default: multi-threaded
+for one vCPU, single-threaded for more (``-smp N`` in the config's ``extra``), because
+multi-threaded TCG with 2+ vCPUs crashes guests early now and then (``Oops: int3`` in
+``sched_clock_cpu``: the kernel patches its code while another vCPU runs stale
+translations). ``OVERLAYBOOT_QEMU_TCG_THREAD=multi|single`` forces one mode.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -25,8 +30,8 @@ from pathlib import Path
 from types import TracebackType
 
 QEMU = "qemu-system-x86_64"
-TCG = ("-accel", "tcg,thread=multi", "-cpu", "max")
 KVM = ("-accel", "kvm", "-cpu", "host")
+TCG_THREADS = ("multi", "single")
 _ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1bc")
 
 
@@ -38,16 +43,37 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def accel_args() -> tuple[str, ...]:
+def tcg_args(cpus: int) -> tuple[str, ...]:
+    """TCG, multi-threaded for one vCPU, single-threaded for more (see the module doc)."""
+    thread = os.environ.get("OVERLAYBOOT_QEMU_TCG_THREAD", "")
+    if thread not in TCG_THREADS:
+        thread = "multi" if cpus <= 1 else "single"
+    return ("-accel", f"tcg,thread={thread}", "-cpu", "max")
+
+
+def accel_args(cpus: int = 1) -> tuple[str, ...]:
     """TCG unless KVM is asked for and usable."""
     if os.environ.get("OVERLAYBOOT_QEMU_ACCEL") == "kvm":
         try:
             fd = os.open("/dev/kvm", os.O_RDWR)
         except OSError:
-            return TCG
+            return tcg_args(cpus)
         os.close(fd)
         return KVM
-    return TCG
+    return tcg_args(cpus)
+
+
+def smp_cpus(extra: Sequence[str]) -> int:
+    """The vCPU count ``-smp`` in ``extra`` asks for (``N``, ``N,…``, ``…,cpus=N,…``), else 1."""
+    cpus = 1
+    for flag, value in itertools.pairwise(extra):
+        if flag != "-smp":
+            continue
+        for i, part in enumerate(value.split(",")):
+            count = part.removeprefix("cpus=") if part.startswith("cpus=") or i == 0 else ""
+            if count.isdigit():
+                cpus = int(count)
+    return cpus
 
 
 @dataclass(frozen=True)
@@ -62,7 +88,8 @@ class VmConfig:
     base_append: Sequence[str] = field(default=("console=ttyS0", "panic=-1"))
 
     def argv(self) -> list[str]:
-        args = [QEMU, *accel_args(), "-m", str(self.memory_mib), "-nographic", "-no-reboot"]
+        args = [QEMU, *accel_args(smp_cpus(self.extra)), "-m", str(self.memory_mib)]
+        args += ["-nographic", "-no-reboot"]
         args += ["-kernel", str(self.kernel)]
         if self.initrd is not None:
             args += ["-initrd", str(self.initrd)]
@@ -92,7 +119,8 @@ class MediaVmConfig:
     extra: Sequence[str] = ()
 
     def argv(self) -> list[str]:
-        args = [QEMU, *accel_args(), "-m", str(self.memory_mib), "-nographic", "-no-reboot"]
+        args = [QEMU, *accel_args(smp_cpus(self.extra)), "-m", str(self.memory_mib)]
+        args += ["-nographic", "-no-reboot"]
         if self.uefi:
             assert self.vars is not None, "UEFI needs a writable copy of OVMF_VARS.fd"
             args += ["-machine", "q35"]

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import pytest
 from overlayboot.fs.daemon import pid_file
 from tests.fuse.helpers import fingerprint, set_times, tmpfs
 from tests.mounts import have_kernel_overlay, overlay_mount, overlayboot_argv
+from tests.waiting import wait_exit
 
 T0 = 1_600_000_000_123_456_789  # a fixed mtime (ns) for every lower entry
 
@@ -175,12 +175,7 @@ class Ovl:
         """kill -9 the daemon, wait until it is gone, then lazily unmount its dead mount."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+        wait_exit(pid, timeout=60)
         subprocess.run(["umount", "-l", str(self.mnt)], check=True)
 
     @property

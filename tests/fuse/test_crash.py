@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.fuse.conftest import Ovl, OvlFactory
 from tests.mounts import have_fuse
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.fuse,
@@ -79,15 +79,16 @@ def test_kill_9_during_copy_ups(ovl_factory: OvlFactory) -> None:
     paths = [o.m(f"big{i}") for i in range(NFILES)]
     writer = subprocess.Popen([sys.executable, "-c", WRITER, MARK.decode(), *paths])
     torn: list[Path] = []
-    try:
-        # kill once the first copy-up is done and the second is well under way
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if os.path.exists(o.u("big0")):
-                torn = [p for p in _tmp_files(o.scratch) if p.stat().st_size > 8 * MiB]
-                if torn:
-                    break
-            time.sleep(0.001)
+
+    def second_copy_up_well_under_way() -> bool:
+        # the first copy-up is done (big0 renamed into the upper) and another one has
+        # written more than 8 MiB of its temporary copy in the scratch area
+        if os.path.exists(o.u("big0")):
+            torn[:] = [p for p in _tmp_files(o.scratch) if p.stat().st_size > 8 * MiB]
+        return bool(torn)
+
+    try:  # re-checked on every write, create and rename in the scratch area and the upper
+        wait_for(second_copy_up_well_under_way, [o.scratch, o.upper], 120, "a torn copy-up")
     finally:  # whatever happened, the daemon dies and the dead mount goes
         o.kill_daemon(pid)
         writer.kill()

@@ -32,6 +32,7 @@ from tests.fuse.helpers import (
     xattrs,
 )
 from tests.mounts import have_fuse
+from tests.waiting import poll_until
 
 pytestmark = [
     pytest.mark.fuse,
@@ -558,4 +559,6 @@ def test_the_mount_reads_ahead_1_mib(ovl_factory: OvlFactory) -> None:
     dev = mount_device(Path(o.m()))
     st_dev = os.stat(o.m()).st_dev
     assert dev == f"{os.major(st_dev)}:{os.minor(st_dev)}"
-    assert Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text().strip() == str(READ_AHEAD_KB)
+    window = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
+    # the daemon widens it once the kernel's INIT is answered, which may follow the mount
+    poll_until(lambda: window.read_text().strip() == str(READ_AHEAD_KB), 60, "1 MiB readahead")

@@ -21,7 +21,7 @@ def test_mount_t_fuse_overlayboot(tmp_path: Path) -> None:
     script = Path(sys.executable).parent / "mount.fuse.overlayboot"
     if not script.exists():
         pytest.skip("package not installed with its scripts")
-    if HELPER.exists() and os.path.realpath(HELPER) != str(script):
+    if HELPER.exists() and os.path.realpath(HELPER) != os.path.realpath(script):
         pytest.skip(f"{HELPER} belongs to another install")
     for d in ("l", "u", "w", "m"):
         (tmp_path / d).mkdir()

@@ -3,11 +3,15 @@
 Built once per session with the real tools (mksquashfs, grub-mkimage, xorriso); the ISO's
 kernel is a stand-in file and its initramfs a tiny archive holding just the image.conf
 (the ISO builder checks the label baked into it), so no kernel download is needed.
+``xattr_tmp_path`` is a temporary directory that takes ``user.*`` xattrs (partial files).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,3 +82,33 @@ def iso_image(iso_inputs: IsoInputs, tmp_path_factory: pytest.TempPathFactory) -
     need_tools(*TOOLS)
     dest = tmp_path_factory.mktemp("iso") / "overlayboot.iso"
     return build_iso(iso_inputs.spec(), dest, progress=False)
+
+
+def user_xattrs_work(directory: Path) -> bool:
+    probe = directory / ".xattr-probe"
+    probe.touch()
+    try:
+        os.setxattr(probe, "user.overlayboot.probe", b"1")
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.unlink()
+
+
+@pytest.fixture
+def xattr_tmp_path(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """``tmp_path`` if its filesystem takes ``user.*`` xattrs, else a directory under the
+    checkout's ``build/`` (a ``/tmp`` on tmpfs takes them only from Linux 6.6 on)."""
+    if user_xattrs_work(tmp_path):
+        yield tmp_path
+        return
+    build = request.config.rootpath / "build"
+    build.mkdir(exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="xattr-test-", dir=build))
+    try:
+        if not user_xattrs_work(path):
+            pytest.skip(f"user.* xattrs work neither in {tmp_path} nor in {build}")
+        yield path
+    finally:
+        shutil.rmtree(path)
