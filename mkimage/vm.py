@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from overlayboot.run import spawn
+
 QEMU = "qemu-system-x86_64"
 KVM = ("-accel", "kvm", "-cpu", "host")
 TCG_THREADS = ("multi", "single")
@@ -169,12 +171,12 @@ class Vm:
 
     def start(self) -> None:
         self._started = time.monotonic()
-        self._proc = subprocess.Popen(
+        self._proc = spawn(
             self.config.argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            new_session=True,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
