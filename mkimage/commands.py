@@ -268,7 +268,7 @@ def build_squashfs_cmd(
     built = build_squashfs(rootdir, output, spec)
     click.echo(
         f"{built.path}: {built.size:,d} bytes ({compression}), init {built.root.init}, "
-        f"{time.monotonic() - started:.1f} s"
+        f"image id {built.image_id}, {time.monotonic() - started:.1f} s"
     )
 
 

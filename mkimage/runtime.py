@@ -4,6 +4,8 @@ Layout of a staged runtime (``R``; the directory can be copied anywhere and keep
 
     R/python                         launcher: python [--argv0 NAME] [PYTHON-ARGS...]
     R/overlayboot                    launcher: the overlayboot CLI, argv[0] = "@overlayboot"
+    R/e2fsck                         launcher: the host's e2fsck (phase upper checks the
+                                     persistence partition with it); R/bin/e2fsck is the binary
     R/bin/python3.11                 Debian's interpreter (libpython is static in it)
     R/bin/python3.11._pth            sys.path, relative to bin/ (see below)
     R/lib/ld-linux-x86-64.so.2       the dynamic loader (the name of the binary's PT_INTERP)
@@ -94,6 +96,9 @@ RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
     "mkimage.runtime",
 }
 PYTHON = PurePosixPath("/usr/bin/python3.11")
+# Host programs the boot runs with the bundled loader and libraries (their ELF closure is
+# added to lib/): e2fsck checks the persistence partition before it is mounted.
+TOOLS: tuple[PurePosixPath, ...] = (PurePosixPath("/usr/sbin/e2fsck"),)
 # Loaded with dlopen, so not in any DT_NEEDED: glibc's pthread_exit/cancel need libgcc_s,
 # trio looks up pthread_setname_np in libpthread through ctypes.
 DLOPENED: tuple[str, ...] = ("libgcc_s.so.1", "libpthread.so.0")
@@ -126,6 +131,7 @@ class RuntimeSpec:
 
     entries: tuple[str, ...] = ENTRY_MODULES
     python: PurePosixPath = PYTHON  # inside the host root "/"
+    tools: tuple[PurePosixPath, ...] = TOOLS  # inside the host root "/"
     search_path: tuple[str, ...] | None = None  # default: the repo, then this sys.path
     excludes: frozenset[str] = RUNTIME_EXCLUDES
     strip: bool = True  # strip debug info from objects that have it (pyfuse3's .so)
@@ -322,8 +328,25 @@ exec "$rt/{launcher}" --argv0 {argv0} -m overlayboot "$@"
 )
 
 
-def launcher_texts(loader: str) -> dict[str, str]:
-    """The launcher scripts by file name, for a loader file named ``loader`` in lib/."""
+_TOOL_LAUNCHER = (
+    _LAUNCHER_HEAD
+    + """\
+exec "$rt/{lib}/{loader}" --inhibit-cache --library-path "$rt/{lib}" "$rt/bin/{name}" "$@"
+"""
+)
+
+
+def _check_tools(spec: RuntimeSpec) -> list[Path]:
+    tools = [Path(t) for t in spec.tools]
+    for tool in tools:
+        if not tool.is_file():
+            raise RuntimeBuildError(f"{tool} not found", "install the Debian package e2fsprogs")
+    return tools
+
+
+def launcher_texts(loader: str, tools: Iterable[str] = ()) -> dict[str, str]:
+    """The launcher scripts by file name, for a loader file named ``loader`` in lib/, and
+    one for each program of ``tools`` in bin/."""
     python = _PYTHON_LAUNCHER.format(
         role="The overlayboot Python runtime: runs bin/python3.11.",
         lib=LIB_DIR,
@@ -335,7 +358,11 @@ def launcher_texts(loader: str) -> dict[str, str]:
         launcher=LAUNCHER,
         argv0=DAEMON_ARGV0,
     )
-    return {LAUNCHER: python, CLI_LAUNCHER: cli}
+    texts = {LAUNCHER: python, CLI_LAUNCHER: cli}
+    for name in tools:
+        role = f"{name} of the build host, run with the runtime's loader and libraries."
+        texts[name] = _TOOL_LAUNCHER.format(role=role, lib=LIB_DIR, loader=loader, name=name)
+    return texts
 
 
 def pth_text() -> str:
@@ -359,6 +386,7 @@ def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int =
     if dest.exists():
         raise RuntimeBuildError(f"{dest} already exists")
     python = _check_host_python(spec)
+    tools = _check_tools(spec)
     found, disk = find_runtime_modules(spec)
 
     def on_disk(m: Module) -> bool:
@@ -372,7 +400,7 @@ def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int =
     dlopened = find_dlopened(python, DLOPENED)
     closure = resolve_closure(
         Path("/"),
-        [str(python), *(str(p.resolve()) for p in extensions), *dlopened],
+        [str(python), *map(str, tools), *(str(p.resolve()) for p in extensions), *dlopened],
         strict=True,
     )
     if closure.interpreter is None:
@@ -384,6 +412,8 @@ def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int =
     tmp.mkdir(parents=True)
     try:
         _copy_elf(python, tmp / INTERPRETER, strip=False)
+        for tool in tools:
+            _copy_elf(tool, tmp / "bin" / tool.name, strip=spec.strip)
         libs: list[str] = []
         wanted = set(DLOPENED)
         dl_libs = [b for b in closure.binaries if b.path_in_root.name in wanted]
@@ -409,7 +439,7 @@ def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int =
             _write(tmp / PACKAGES_DIR / rel, data)
         _write(tmp / PTH_FILE, pth_text().encode())
         loader = PurePosixPath(closure.interpreter.path_in_root).name
-        for name, text in launcher_texts(loader).items():
+        for name, text in launcher_texts(loader, [t.name for t in tools]).items():
             _write(tmp / name, text.encode(), 0o755)
         for d in (tmp / DYNLOAD_DIR, tmp / PACKAGES_DIR):
             d.mkdir(parents=True, exist_ok=True)
