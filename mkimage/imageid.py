@@ -76,7 +76,9 @@ def _walk(root: bytes, rel: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         yield from _walk(root, child)
 
 
-def _record(rel: bytes, full: bytes, st: os.stat_result, all_root: bool, link: bytes | None) -> bytes:
+def _record(
+    rel: bytes, full: bytes, st: os.stat_result, all_root: bool, link: bytes | None
+) -> bytes:
     """The bytes one entry adds to the digest."""
     uid, gid = (0, 0) if all_root else (st.st_uid, st.st_gid)
     kind = stat.S_IFMT(st.st_mode)
@@ -115,4 +117,3 @@ def tree_digest(root: Path, *, all_root: bool = False) -> str:
 def image_id(root: Path, *, all_root: bool = False) -> str:
     """The id of the image built from ``root``: :data:`ID_LEN` hex digits of its digest."""
     return tree_digest(root, all_root=all_root)[:ID_LEN]
-
