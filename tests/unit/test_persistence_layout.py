@@ -7,6 +7,7 @@ line and exits instead of opening a rescue shell.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mkimage.imageid import ID_FILE
+from mkimage.persistence import mkfs_ext4
 from mkimage.runtime import repo_root
 from tests.unit.conftest import need_tools
 
@@ -148,3 +150,64 @@ def test_valid_id(value: str, ok: bool) -> None:
 
 def test_the_id_file_path_is_the_builders() -> None:
     assert f"OB_IMAGE_ID_FILE={ID_FILE}\n" in LIB.read_text()
+
+
+def fsck_upper(run_dir: Path, device: Path) -> subprocess.CompletedProcess[str]:
+    """lib.sh's fsck_upper on an image file, with the host's e2fsck as the runtime's."""
+    need_tools("busybox", "e2fsck", "debugfs")
+    (run_dir / "runtime").mkdir(parents=True, exist_ok=True)
+    e2fsck = run_dir / "runtime/e2fsck"
+    if not e2fsck.exists():
+        e2fsck.symlink_to(shutil.which("e2fsck") or "/usr/sbin/e2fsck")
+    script = f"""
+        . {LIB}
+        OB_RUN={run_dir} OB_STATE={run_dir}/state
+        die() {{ echo "ERROR: overlayboot: $*"; exit 1; }}
+        fsck_upper {device}
+        echo "WENT ON"
+    """
+    return subprocess.run(
+        ["busybox", "sh", "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def ext4(tmp_path: Path, *breakage: str) -> Path:
+    img = tmp_path / "rw.img"
+    mkfs_ext4(img, offset=0, size=16 << 20, label="overlayboot-rw", epoch=1)
+    (tmp_path / "f").write_text("f\n")
+    commands = [f"write {tmp_path / 'f'} /f", *breakage]
+    subprocess.run(["debugfs", "-w", "-f", "-", str(img)], input="\n".join(commands),
+                   text=True, capture_output=True, check=True)  # fmt: skip
+    return img
+
+
+def test_fsck_of_a_clean_partition(run_dir: Path, tmp_path: Path) -> None:
+    proc = fsck_upper(run_dir, ext4(tmp_path))
+    assert "WENT ON" in proc.stdout and "clean" in proc.stdout, proc.stdout
+    assert "fsck=0" in (run_dir / "state").read_text()
+
+
+def test_fsck_fixes_and_says_so(run_dir: Path, tmp_path: Path) -> None:
+    img = ext4(tmp_path, "sif /f links_count 5", "ssv state 0")
+    proc = fsck_upper(run_dir, img)
+    assert "overlayboot: fsck: overlayboot-rw: Inode 12 ref count is 5" in proc.stdout
+    assert f"overlayboot: fsck: errors on {img} fixed" in proc.stdout
+    assert "WENT ON" in proc.stdout
+    assert "fsck=1" in (run_dir / "state").read_text()
+
+
+def test_fsck_that_needs_a_human_is_an_error(run_dir: Path, tmp_path: Path) -> None:
+    img = ext4(tmp_path, "clri <2>", "ssv state 0")
+    proc = fsck_upper(run_dir, img)
+    assert "WENT ON" not in proc.stdout
+    assert (
+        f"ERROR: overlayboot: the persistence partition {img} has errors that e2fsck -p "
+        "cannot fix (exit code 4)"
+    ) in proc.stdout
+
+
+def test_no_ext_filesystem_is_not_checked(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "zeros").write_bytes(bytes(1 << 16))
+    proc = fsck_upper(run_dir, tmp_path / "zeros")
+    assert "holds no ext2/3/4 filesystem: not checked" in proc.stdout
+    assert "WENT ON" in proc.stdout
