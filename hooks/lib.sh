@@ -189,8 +189,9 @@ valid_id() {
 # any failure is fatal: changes are never mixed or lost silently
 move_aside() {
     [ -e "$2" ] && die "cannot move ${1#"$OB_RUN/rw"} to ${2#"$OB_RUN/rw"} on the persistence partition: it exists (move one of them away by hand)"
-    mkdir -p "${2%/*}" && mv "$1" "$2" ||
+    if ! { mkdir -p "${2%/*}" && mv "$1" "$2"; }; then
         die "cannot move ${1#"$OB_RUN/rw"} to ${2#"$OB_RUN/rw"} on the persistence partition"
+    fi
 }
 
 # args: DEVICE; e2fsck -p of an ext2/3/4 persistence partition, before its read-write mount.

@@ -66,6 +66,11 @@ def debugfs(img: Path, *commands: str, write: bool = False) -> str:
     return proc.stdout
 
 
+def assert_clean(img: Path) -> None:
+    fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+
+
 def shut_down(vm: Vm) -> None:
     vm.send("exit\n")  # the default root's init powers off when its shell ends
     vm.wait_exit(timeout=60)
@@ -112,8 +117,7 @@ def test_each_image_gets_its_own_changes_back(
         state = run(vm, "C4", "grep -E '^(image_id|image_changed|fsck)=' /run/overlayboot/state")
         assert state == f"image_id={a.image_id} fsck=0 image_changed={b.image_id}"
         shut_down(vm)
-    fsck = subprocess.run(["e2fsck", "-fn", str(rw)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout
+    assert_clean(rw)
 
 
 def test_an_image_without_an_id_is_known_by_its_sha256(
@@ -176,8 +180,7 @@ def test_fsck_repairs_the_persistence_partition_before_the_boot_uses_it(
         assert fixed.at < vm.wait_for(r"overlayboot: upper: /dev/vda", timeout=5).at
         assert run(vm, "F1", "grep ^fsck= /run/overlayboot/state") == "fsck=1"
         shut_down(vm)
-    fsck = subprocess.run(["e2fsck", "-fn", str(rw)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout
+    assert_clean(rw)
 
 
 def test_a_partition_that_needs_a_human_stops_the_boot(
