@@ -261,6 +261,7 @@ migrate_layout() {
 # brought back if this image was booted here before; BASE/image-id records it as the last
 # one booted. Out: OB_CHANGES, that directory.
 image_changes() {
+    valid_id "$OB_IMAGE_ID" || die "no image id for the changes on the persistence partition (phase lower)"
     last=$(cat "$1/image-id" 2>/dev/null)
     dir=$1/images/$OB_IMAGE_ID
     if [ -n "$last" ] && [ "$last" != "$OB_IMAGE_ID" ]; then

@@ -211,3 +211,9 @@ def test_no_ext_filesystem_is_not_checked(run_dir: Path, tmp_path: Path) -> None
     proc = fsck_upper(run_dir, tmp_path / "zeros")
     assert "holds no ext2/3/4 filesystem: not checked" in proc.stdout
     assert "WENT ON" in proc.stdout
+
+
+def test_no_image_id_is_an_error(run_dir: Path) -> None:
+    b = boot(run_dir, "''")
+    assert b.returncode == 1
+    assert "ERROR: overlayboot: no image id for the changes" in b.out
