@@ -10,7 +10,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv pyt
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk
 
-.PHONY: all deps apt venv test test-slow lint typecheck pytest demo bench clean
+.PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
 
 all: test
 
@@ -36,18 +36,22 @@ $(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_p
 
 deps: apt venv
 
+# no import circles among the modules (every import counts: top, function, TYPE_CHECKING)
+imports: apt
+	$(PYTHON_SYS) tools/importcheck.py overlayboot mkimage bench
+
 lint: deps
-	$(VENV)/bin/ruff check overlayboot mkimage tests bench
-	$(VENV)/bin/ruff format --check overlayboot mkimage tests bench
+	$(VENV)/bin/ruff check overlayboot mkimage tests bench tools
+	$(VENV)/bin/ruff format --check overlayboot mkimage tests bench tools
 
 typecheck: deps
-	$(VENV)/bin/mypy overlayboot mkimage bench
+	$(VENV)/bin/mypy overlayboot mkimage bench tools
 
 # the default run: everything but the slow tier (unit, real FUSE mounts, QEMU boots)
 pytest: deps
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: imports lint typecheck pytest
 
 # the slow tier (a debootstrapped Debian root with systemd under QEMU, build all): CI runs it too
 test-slow: deps

@@ -1,8 +1,9 @@
-"""The image builder's commands: ``build``, ``inspect`` and ``kernel`` click groups.
+"""The image builder's commands: the ``build``, ``inspect``, ``kernel`` and ``persistence``
+click groups.
 
-They are added to the ``overlayboot`` group at the end of ``overlayboot/cli.py``, whose
-``domain_errors`` turns a domain error into one line and an exit code; it is looked up
-when a command runs, so that neither module needs the other to be imported first.
+``overlayboot/cli.py`` names them in its table of lazily imported commands: this module
+(and the builders it imports) is loaded only when one of them runs or ``--help`` lists
+them, never when the daemon starts.
 """
 
 from __future__ import annotations
@@ -10,37 +11,21 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from mkimage.kernel import DEFAULT_CACHE, DEFAULT_SERIES, Kernel, fetch_kernel, kernel_from_dirs
+from overlayboot.clierrors import domain_errors
 from overlayboot.errors import UsageError
 
 if TYPE_CHECKING:
     from mkimage.cpio import Member
 
-# the values of mkimage.cpio.Compression (not imported here: the runtime in the initramfs
-# imports this module through overlayboot.cli, and the builders are not part of it)
+# the values of mkimage.cpio.Compression (not imported here: the builders are imported
+# only when a build command runs)
 COMPRESSIONS = ("zstd", "gzip", "xz", "none")
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def domain_errors(fn: Callable[P, T]) -> Callable[P, T]:
-    """``overlayboot.cli.domain_errors``, imported when the command runs."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        from overlayboot.cli import domain_errors as handle
-
-        return handle(fn)(*args, **kwargs)
-
-    return wrapper
 
 
 def _default_epoch() -> int:
@@ -191,12 +176,12 @@ def kernel() -> None:
 @domain_errors
 def kernel_fetch_cmd(series: str, cache: Path) -> None:
     """Download a Debian kernel and its modules into the cache (the host's /boot untouched)."""
-    k = fetch_kernel(cache, series)
-    click.echo(f"kernel {k.version}")
-    click.echo(f"  image   {k.image}")
-    click.echo(f"  modules {k.modules}")
-    if k.config is not None:
-        click.echo(f"  config  {k.config}")
+    fetched = fetch_kernel(cache, series)
+    click.echo(f"kernel {fetched.version}")
+    click.echo(f"  image   {fetched.image}")
+    click.echo(f"  modules {fetched.modules}")
+    if fetched.config is not None:
+        click.echo(f"  config  {fetched.config}")
 
 
 # --- root, squashfs, ISO, USB, everything --------------------------------------------
@@ -353,10 +338,10 @@ def build_usb_cmd(
     built = build_usb(
         iso, output, size=parse_size(persistence_size), label=persistence_label, epoch=epoch
     )
-    p = built.partition
+    part = built.partition
     click.echo(
-        f"{built.path}: {built.size:,d} bytes; partition {p.slot} = ext4 "
-        f"{built.persistence.label} at sector {p.start}, {p.sectors} sectors; "
+        f"{built.path}: {built.size:,d} bytes; partition {part.slot} = ext4 "
+        f"{built.persistence.label} at sector {part.start}, {part.sectors} sectors; "
         f"{time.monotonic() - started:.1f} s"
     )
 

@@ -58,7 +58,14 @@ from pathlib import Path, PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from mkimage.elf import default_dirs, ld_so_conf_dirs, read_elf, resolve_closure
+from mkimage.elf import (
+    Closure,
+    Library,
+    default_dirs,
+    ld_so_conf_dirs,
+    read_elf,
+    resolve_closure,
+)
 from mkimage.pyfreeze import DEFAULT_EXCLUDES, FoundModules, Module, find_modules, pyc_bytes
 from mkimage.pyfreeze import write_zip as write_module_zip
 from overlayboot.errors import OverlaybootError
@@ -76,8 +83,9 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.fs.daemon",
     "runpy",
 )
-# The builder itself is not needed at boot (overlayboot.cli imports mkimage.commands,
-# whose builders are imported only when a build command runs).
+# The image builder is not needed at boot: overlayboot.cli names its commands in a table
+# of lazily imported ones (no import the finder follows), and overlayboot.demo imports it
+# inside functions; excluded as a whole, so that nothing of it is bundled.
 # Nor are the CJK codecs (0.9 MB of C tables): the daemon and the hooks speak UTF-8 only.
 RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
     "_multibytecodec",
@@ -88,12 +96,7 @@ RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
     "_codecs_kr",
     "_codecs_tw",
     "elftools",
-    "mkimage.cpio",
-    "mkimage.elf",
-    "mkimage.initramfs",
-    "mkimage.modules",
-    "mkimage.pyfreeze",
-    "mkimage.runtime",
+    "mkimage",
 }
 PYTHON = PurePosixPath("/usr/bin/python3.11")
 # Host programs the boot runs with the bundled loader and libraries (their ELF closure is
@@ -381,82 +384,127 @@ def _set_times(tree: Path, mtime: int) -> None:
 # --- staging -------------------------------------------------------------------------
 
 
-def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int = 0) -> Runtime:
-    """Build the runtime into ``dest`` (which must not exist); built aside, then renamed."""
-    if dest.exists():
-        raise RuntimeBuildError(f"{dest} already exists")
+@dataclass(frozen=True)
+class _Plan:
+    """What a runtime is made of, found before anything is written."""
+
+    python: Path  # the host's interpreter
+    found: FoundModules
+    disk: tuple[str, ...]  # top-level packages kept on disk (under site-packages)
+    closure: Closure  # the ELF closure of the interpreter, extensions and dlopened libraries
+    loader: Library  # the dynamic loader (PT_INTERP)
+    tools: tuple[Path, ...] = ()  # host programs run with the bundled loader (TOOLS)
+
+    def on_disk(self, module: Module) -> bool:
+        return module.name.split(".")[0] in self.disk
+
+    @property
+    def zipped(self) -> list[Module]:
+        return [m for m in self.found.modules if m.kind == "source" and not self.on_disk(m)]
+
+    @property
+    def dynload(self) -> list[Module]:
+        return [m for m in self.found.by_kind("extension") if not self.on_disk(m)]
+
+    @property
+    def disk_modules(self) -> list[Module]:
+        return [m for m in self.found.modules if self.on_disk(m) and m.path is not None]
+
+
+def _plan(spec: RuntimeSpec) -> _Plan:
+    """Find the modules, the packages kept on disk and the libraries they all need."""
     python = _check_host_python(spec)
     tools = _check_tools(spec)
     found, disk = find_runtime_modules(spec)
-
-    def on_disk(m: Module) -> bool:
-        return m.name.split(".")[0] in disk
-
-    zipped = [m for m in found.modules if m.kind == "source" and not on_disk(m)]
-    dynload = [m for m in found.by_kind("extension") if not on_disk(m)]
-    disk_mods = [m for m in found.modules if on_disk(m) and m.path is not None]
     extensions = [m.path for m in found.by_kind("extension") if m.path is not None]
-
-    dlopened = find_dlopened(python, DLOPENED)
     closure = resolve_closure(
         Path("/"),
-        [str(python), *map(str, tools), *(str(p.resolve()) for p in extensions), *dlopened],
+        [
+            str(python),
+            *map(str, tools),
+            *(str(p.resolve()) for p in extensions),
+            *find_dlopened(python, DLOPENED),
+        ],
         strict=True,
     )
     if closure.interpreter is None:
         raise RuntimeBuildError(f"{python} has no program interpreter (PT_INTERP)")
+    return _Plan(python, found, disk, closure, closure.interpreter, tuple(tools))
 
+
+def _copy_binaries(plan: _Plan, tree: Path, *, strip: bool) -> list[str]:
+    """The interpreter into bin/, the loader and every library into lib/; their names."""
+    _copy_elf(plan.python, tree / INTERPRETER, strip=False)
+    for tool in plan.tools:
+        _copy_elf(tool, tree / "bin" / tool.name, strip=strip)
+    wanted = set(DLOPENED)
+    dlopened = [b for b in plan.closure.binaries if b.path_in_root.name in wanted]
+    names: list[str] = []
+    for lib in (plan.loader, *dlopened, *plan.closure.libraries):
+        name = PurePosixPath(lib.path_in_root).name
+        names.append(name)
+        _copy_elf(Path(lib.realpath_in_root), tree / LIB_DIR / name, strip=strip)
+    return names
+
+
+def _copy_modules(plan: _Plan, tree: Path, *, strip: bool) -> None:
+    """The zip of pure modules, lib-dynload, and the packages that stay on disk."""
+    write_module_zip(plan.zipped, tree / ZIP_FILE)
+    for ext in plan.dynload:
+        assert ext.path is not None
+        _copy_elf(ext.path, tree / DYNLOAD_DIR / ext.path.name, strip=strip)
+    packages = tree / PACKAGES_DIR
+    for module in plan.disk_modules:
+        assert module.path is not None
+        target = _disk_target(module, packages)
+        if module.kind == "extension":
+            _copy_elf(module.path, target, strip=strip)
+        elif module.path.suffix == ".py":
+            rel = target.relative_to(packages).as_posix()
+            _write(target, pyc_bytes(module.path.read_bytes(), rel[:-1]))
+        else:
+            _write(target, module.path.read_bytes())
+    for rel, data in sorted(_dist_metadata([*plan.disk, "overlayboot"]).items()):
+        _write(packages / rel, data)
+
+
+def _write_entry_files(plan: _Plan, tree: Path, mtime: int) -> None:
+    """The ._pth file and the launchers; then the same modes and times everywhere."""
+    _write(tree / PTH_FILE, pth_text().encode())
+    loader = PurePosixPath(plan.loader.path_in_root).name
+    for name, text in launcher_texts(loader, [t.name for t in plan.tools]).items():
+        _write(tree / name, text.encode(), 0o755)
+    for d in (tree / DYNLOAD_DIR, tree / PACKAGES_DIR):
+        d.mkdir(parents=True, exist_ok=True)
+    for dirpath, _, _ in os.walk(tree):
+        os.chmod(dirpath, 0o755)
+    _set_times(tree, mtime)
+
+
+def stage_runtime(dest: Path, spec: RuntimeSpec = RuntimeSpec(), *, mtime: int = 0) -> Runtime:
+    """Build the runtime into ``dest`` (which must not exist); built aside, then renamed."""
+    if dest.exists():
+        raise RuntimeBuildError(f"{dest} already exists")
+    plan = _plan(spec)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        _copy_elf(python, tmp / INTERPRETER, strip=False)
-        for tool in tools:
-            _copy_elf(tool, tmp / "bin" / tool.name, strip=spec.strip)
-        libs: list[str] = []
-        wanted = set(DLOPENED)
-        dl_libs = [b for b in closure.binaries if b.path_in_root.name in wanted]
-        for lib in (closure.interpreter, *dl_libs, *closure.libraries):
-            name = PurePosixPath(lib.path_in_root).name
-            libs.append(name)
-            _copy_elf(Path(lib.realpath_in_root), tmp / LIB_DIR / name, strip=spec.strip)
-        write_module_zip(zipped, tmp / ZIP_FILE)
-        for m in dynload:
-            assert m.path is not None
-            _copy_elf(m.path, tmp / DYNLOAD_DIR / m.path.name, strip=spec.strip)
-        for m in disk_mods:
-            assert m.path is not None
-            target = _disk_target(m, tmp / PACKAGES_DIR)
-            if m.kind == "extension":
-                _copy_elf(m.path, target, strip=spec.strip)
-            elif m.path.suffix == ".py":
-                rel = target.relative_to(tmp / PACKAGES_DIR).as_posix()
-                _write(target, pyc_bytes(m.path.read_bytes(), rel[:-1]))
-            else:
-                _write(target, m.path.read_bytes())
-        for rel, data in sorted(_dist_metadata([*disk, "overlayboot"]).items()):
-            _write(tmp / PACKAGES_DIR / rel, data)
-        _write(tmp / PTH_FILE, pth_text().encode())
-        loader = PurePosixPath(closure.interpreter.path_in_root).name
-        for name, text in launcher_texts(loader, [t.name for t in tools]).items():
-            _write(tmp / name, text.encode(), 0o755)
-        for d in (tmp / DYNLOAD_DIR, tmp / PACKAGES_DIR):
-            d.mkdir(parents=True, exist_ok=True)
-        for dirpath, _, _ in os.walk(tmp):
-            os.chmod(dirpath, 0o755)
-        _set_times(tmp, mtime)
+        libs = _copy_binaries(plan, tmp, strip=spec.strip)
+        _copy_modules(plan, tmp, strip=spec.strip)
+        _write_entry_files(plan, tmp, mtime)
         tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Runtime(
         root=dest,
-        zipped=tuple(m.name for m in zipped),
-        extensions=tuple(m.name for m in dynload),
-        disk_packages=disk,
+        zipped=tuple(m.name for m in plan.zipped),
+        extensions=tuple(m.name for m in plan.dynload),
+        disk_packages=plan.disk,
         libraries=tuple(sorted(libs)),
-        missing=found.missing,
+        missing=plan.found.missing,
     )
 
 

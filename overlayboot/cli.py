@@ -7,45 +7,44 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from functools import wraps
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
 
-from overlayboot.errors import MountError, OverlaybootError, UsageError
+from overlayboot.clierrors import domain_errors
+from overlayboot.errors import MountError, UsageError
 from overlayboot.fs.config import CACHE_FOREVER
+from overlayboot.lazygroup import LazyGroup
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-
-def _fail(exc: OverlaybootError) -> None:
-    click.echo(f"overlayboot: error: {exc.line()}", err=True)
-    sys.exit(exc.exit_code)
-
-
-def domain_errors(fn: Callable[P, T]) -> Callable[P, T]:
-    """Turn :class:`OverlaybootError` into a one-line message and its exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return fn(*args, **kwargs)
-        except OverlaybootError as exc:
-            _fail(exc)
-            raise AssertionError("unreachable") from exc
-        except KeyboardInterrupt:
-            click.echo("overlayboot: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
+# Commands imported only when used (overlayboot/lazygroup.py): the image builder is not
+# needed to start the daemon, and is not part of the initramfs' runtime.
+LAZY_COMMANDS = {
+    "build": "mkimage.commands:build",
+    "inspect": "mkimage.commands:inspect",
+    "kernel": "mkimage.commands:kernel",
+    "persistence": "mkimage.commands:persistence",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    lazy=LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="overlayboot")
-def cli() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Log each command run and the whole error output of a tool that fails.",
+)
+def cli(debug: bool) -> None:
     """overlayboot: a writable live system over read-only media."""
+    if debug:
+        logging.getLogger().setLevel(logging.DEBUG)
 
 
 @cli.command("mount")
@@ -91,6 +90,13 @@ def cli() -> None:
     help="At unmount, make every partial copy-up whole (kernel overlayfs format; "
     "-o seal_on_umount).",
 )
+@click.option(
+    "--root",
+    "as_root",
+    is_flag=True,
+    help="The overlay is the system's root filesystem: the daemon ignores SIGTERM, SIGINT and "
+    "SIGHUP (only umount ends it), is never picked by the OOM killer and locks its memory.",
+)
 @click.argument("args", nargs=-1, type=click.Path(path_type=Path))
 @domain_errors
 def mount_cmd(
@@ -106,6 +112,7 @@ def mount_cmd(
     chunk_threshold: str | None,
     chunk_size: str | None,
     seal_on_umount: bool,
+    as_root: bool,
     args: tuple[Path, ...],
 ) -> None:
     """Mount an overlay at MOUNTPOINT ([SOURCE] MOUNTPOINT, SOURCE is ignored as in mount -t)."""
@@ -148,7 +155,7 @@ def mount_cmd(
     mnt = check_mountpoint(mountpoint)
     from overlayboot.fs.daemon import serve
 
-    serve(cfg, mnt, foreground=foreground, log_file=log_file, debug=debug)
+    serve(cfg, mnt, foreground=foreground, log_file=log_file, debug=debug, as_root=as_root)
 
 
 @cli.command("umount")
@@ -254,14 +261,6 @@ def demo_cmd(base: Path | None, overlay: bool) -> None:
         run_demo(base or Path("build/demo"))
     else:
         run_live_demo(base or Path("build/demo-image"))
-
-
-from mkimage.commands import build, inspect, kernel, persistence  # noqa: E402  (they use domain_errors)
-
-cli.add_command(build)
-cli.add_command(inspect)
-cli.add_command(kernel)
-cli.add_command(persistence)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,9 +32,10 @@ def _say(text: str) -> None:
 
 
 def _sh(cmd: str, cwd: Path) -> None:
+    """Show a shell command line, run it and show its output; a failure ends the demo."""
     click.secho(f"$ {cmd}", fg="yellow")
-    out = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True)
-    sys.stdout.write(out.stdout + out.stderr)
+    out = run(["sh", "-c", cmd], cwd=cwd)
+    sys.stdout.write((out.stdout + out.stderr).decode(errors="replace"))
 
 
 def _build_lower(src: Path) -> None:
@@ -64,15 +64,15 @@ def run_demo(base: Path) -> None:
     if os.geteuid() != 0:
         raise OverlaybootError("the demo mounts filesystems: run it as root (sudo make demo)")
     base = base.resolve()
-    for m in ("merged", "kernel", "lower"):
-        if os.path.ismount(base / m):
-            run(["umount", "-l", base / m], check=False)
+    for name in ("merged", "kernel", "lower"):
+        if os.path.ismount(base / name):
+            run(["umount", "-l", base / name], check=False)
     if base.exists():
         shutil.rmtree(base)
     src, img = base / "rootfs", base / "root.squashfs"
     lower, upper, work, mnt = base / "lower", base / "upper", base / "work", base / "merged"
-    for d in (src, lower, upper, work, mnt):
-        d.mkdir(parents=True)
+    for directory in (src, lower, upper, work, mnt):
+        directory.mkdir(parents=True)
     _say("building a read-only root: a squashfs image, loop-mounted as the lower layer")
     _build_lower(src)
     run(["mksquashfs", src, img, "-noappend", "-comp", "zstd", "-quiet"])
@@ -162,4 +162,4 @@ def run_live_demo(out: Path) -> None:
         raise OverlaybootError("the file written on the first boot is missing after the reboot")
     if sys.stdin.isatty():
         _say("boot 3 is yours: the console is handed over (type 'poweroff' to leave)")
-        subprocess.run(config.argv(), check=False)
+        run(config.argv(), capture=False)

@@ -42,9 +42,17 @@ class MountError(OverlaybootError):
 
 
 class ToolError(OverlaybootError):
-    """An external tool is missing or failed."""
+    """An external tool is missing or failed.
+
+    ``stderr`` is the tool's whole error output (empty if it was not captured); the
+    message shows only its last line.
+    """
 
     exit_code = 5
+
+    def __init__(self, message: str, hint: str | None = None, *, stderr: str = "") -> None:
+        super().__init__(message, hint)
+        self.stderr = stderr
 
 
 class UpperError(OverlaybootError):

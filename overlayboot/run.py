@@ -1,8 +1,11 @@
-"""The one gate for subprocesses: every external command goes through :func:`run`.
+"""The one gate for subprocesses: every external command goes through :func:`run`
+(or :func:`spawn`, for a process that keeps running beside ours).
 
 It resolves the tool first (a missing tool is a :class:`ToolError` naming the
 Debian package that provides it), runs it without a shell, and on failure raises
-a :class:`ToolError` carrying the command line and the tail of its stderr.
+a :class:`ToolError` whose one-line message carries the command line and the last
+line of its stderr; the whole stderr is on the error (``stderr``) and in the log at
+debug level (``overlayboot --debug``, or the daemon's log with ``mount --debug``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,18 @@ def which(tool: str) -> str:
     return path
 
 
+def _resolve(argv: Sequence[str | Path]) -> list[str]:
+    args = [str(a) for a in argv]
+    args[0] = which(args[0]) if "/" not in args[0] else args[0]
+    return args
+
+
+def last_line(text: str) -> str:
+    """The last line of ``text`` that is not blank, stripped ("" if there is none)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def run(
     argv: Sequence[str | Path],
     *,
@@ -78,8 +93,7 @@ def run(
     timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``argv`` (no shell); raise :class:`ToolError` if it fails and ``check`` is set."""
-    args = [str(a) for a in argv]
-    args[0] = which(args[0]) if "/" not in args[0] else args[0]
+    args = _resolve(argv)
     log.debug("run: %s", shlex.join(args))
     try:
         proc = subprocess.run(
@@ -97,7 +111,34 @@ def run(
     except OSError as exc:
         raise ToolError(f"cannot run {args[0]}: {exc.strerror}") from exc
     if check and proc.returncode != 0:
-        err = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
-        tail = err[-1] if err else f"exit code {proc.returncode}"
-        raise ToolError(f"{shlex.join(args)} failed: {tail}")
+        err = (proc.stderr or b"").decode(errors="replace")
+        log.debug(
+            "%s failed with exit code %d; its stderr:\n%s",
+            shlex.join(args),
+            proc.returncode,
+            err.rstrip() or "(nothing)",
+        )
+        tail = last_line(err) or f"exit code {proc.returncode}"
+        raise ToolError(f"{shlex.join(args)} failed: {tail}", stderr=err)
     return proc
+
+
+def spawn(
+    argv: Sequence[str | Path],
+    *,
+    stdin: int | None = None,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    new_session: bool = False,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` (no shell) and return at once: for a process that runs beside ours
+    (a VM). ``stdin``/``stdout``/``stderr`` as for :class:`subprocess.Popen`
+    (``subprocess.PIPE``, ``subprocess.STDOUT``, a file descriptor, None: inherited)."""
+    args = _resolve(argv)
+    log.debug("start: %s", shlex.join(args))
+    try:
+        return subprocess.Popen(
+            args, stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=new_session
+        )
+    except OSError as exc:
+        raise ToolError(f"cannot run {args[0]}: {exc.strerror}") from exc

@@ -298,7 +298,7 @@ def _varints(raw: bytes) -> list[int]:
     return out
 
 
-def settle(merged_dir: str | Path) -> None:
+def wait_for_queued_release(merged_dir: str | Path) -> None:
     """Wait until the daemon has handled the RELEASE the last close queued (a partial
     copy-up records its map then): a request that always reaches the daemon (xattrs
     are never cached) is answered after the ones queued before it."""

@@ -17,7 +17,15 @@ from collections.abc import Callable
 import pytest
 
 from tests.fuse.conftest import T0, Ovl, OvlFactory
-from tests.fuse.helpers import BOTH, KINDS, OURS, blocks_bytes, settle, upper_bytes, xattrs
+from tests.fuse.helpers import (
+    BOTH,
+    KINDS,
+    OURS,
+    blocks_bytes,
+    upper_bytes,
+    wait_for_queued_release,
+    xattrs,
+)
 from tests.mounts import have_fuse
 
 pytestmark = [
@@ -89,7 +97,7 @@ def test_copy_up_preserves_metadata(ovl_factory: OvlFactory, kind: str, op: str)
     assert not os.path.lexists(o.u("meta"))
     change, diff = OPS[op]
     change(o)
-    settle(o.m("."))
+    wait_for_queued_release(o.m("."))
 
     up = os.lstat(o.u(F))
     assert stat.S_ISREG(up.st_mode)

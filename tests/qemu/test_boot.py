@@ -10,14 +10,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
-from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.live import booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
 
 pytestmark = pytest.mark.qemu
@@ -68,18 +67,6 @@ def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return plain_iso(base / "iso", base / "live.iso")
 
 
-def boot(
-    kernel: Kernel, initramfs: BuiltInitramfs, drives: list[str], *params: str, cpus: int = 1
-) -> Vm:
-    config = VmConfig(
-        kernel=kernel.image,
-        initrd=initramfs.path,
-        append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
-        extra=("-smp", str(cpus), *drives),
-    )
-    return Vm(config)
-
-
 def cd(iso: Path) -> list[str]:
     return ["-drive", f"file={iso},media=cdrom,readonly=on,if=ide"]
 
@@ -88,55 +75,30 @@ def disk(img: Path) -> list[str]:
     return ["-drive", f"file={img},format=raw,if=virtio"]
 
 
-def run(vm: Vm, tag: str, command: str, timeout: float = 30) -> str:
-    """Run a shell command in the guest; return what it printed on its marked line."""
-    vm.send(f"echo {tag}:$({command})\n")
-    line = vm.wait_for(rf"^{tag}:(?!\$\()", timeout)
-    return line.text.split(":", 1)[1]
-
-
-@pytest.fixture
-def vm_guard() -> Iterator[list[Vm]]:
-    vms: list[Vm] = []
-    yield vms
-    for vm in vms:
-        vm.kill()
-
-
 @pytest.mark.parametrize("cpus", [1, 2])
 def test_cd_boot_to_a_writable_fuse_root(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, cpus: int
 ) -> None:
-    with boot(kernel, initramfs, cd(medium), cpus=cpus) as vm:
-        up = vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        root = vm.wait_for(r"^ROOT-MOUNT:", timeout=5)
-        assert " / fuse.overlayboot " in root.text, vm.log()
-        assert run(vm, "R1", "cat /etc/release") == "from the lower layer"
-        assert run(vm, "R2", "echo written > /etc/new && cat /etc/new") == "written"
-        assert run(vm, "R3", "ls /run/overlayboot/rw/upper/etc") == "new"
-        assert run(vm, "R4", "grep -c persistent=no /run/overlayboot/state") == "1"
-        status = run(vm, "R5", "/run/overlayboot/runtime/overlayboot status | grep changes:")
+    with booted(kernel, initramfs, cd(medium), cpus=cpus) as guest:
+        assert " / fuse.overlayboot " in guest.root_mount(), guest.vm.log()
+        assert guest.sh("cat /etc/release") == "from the lower layer"
+        assert guest.sh("echo written > /etc/new && cat /etc/new") == "written"
+        assert guest.sh("ls /run/overlayboot/rw/upper/etc") == "new"
+        assert guest.sh("grep -c persistent=no /run/overlayboot/state") == "1"
+        status = guest.sh("/run/overlayboot/runtime/overlayboot status | grep changes:")
         assert "lost at power-off" in status
         # with two CPUs the daemon was started early (phase standby), with one directly
         started = "standby" if cpus > 1 else "direct"
-        assert run(vm, "R6", "grep daemon_start= /run/overlayboot/state") == (
-            f"daemon_start={started}"
-        )
+        assert guest.sh("grep daemon_start= /run/overlayboot/state") == f"daemon_start={started}"
         bdi = "/sys/class/bdi/$(awk '$5 == \"/\" { d = $3 } END { print d }' /proc/self/mountinfo)"
-        assert run(vm, "R7", f"cat {bdi}/read_ahead_kb") == "1024"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    print(f"BIOS CD boot with overlayboot, {cpus} vCPU: shell after {up.at:.1f} s")
+        assert guest.sh(f"cat {bdi}/read_ahead_kb") == "1024"
+    print(f"BIOS CD boot with overlayboot, {cpus} vCPU: shell after {guest.first.at:.1f} s")
 
 
 def test_kernel_overlayfs_fallback(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:
-    with boot(kernel, initramfs, cd(medium), "overlayboot.overlay=kernel") as vm:
-        up = vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        root = vm.wait_for(r"^ROOT-MOUNT:", timeout=5)
-        assert " / overlay " in root.text, vm.log()
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    print(f"BIOS CD boot with kernel overlayfs: shell after {up.at:.1f} s")
+    with booted(kernel, initramfs, cd(medium), "overlayboot.overlay=kernel") as guest:
+        assert " / overlay " in guest.root_mount(), guest.vm.log()
+    print(f"BIOS CD boot with kernel overlayfs: shell after {guest.first.at:.1f} s")
 
 
 def test_persistence_survives_a_reboot(
@@ -145,12 +107,9 @@ def test_persistence_survives_a_reboot(
     rw = ext4_image(tmp_path / "rw.img")
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
     # two CPUs: the daemon comes from phase standby, on the persistence partition too
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper, cpus=2) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert run(vm, "P1", "echo kept > /root-note && cat /root-note") == "kept"
-        assert run(vm, "P2", "grep -c persistent=yes /run/overlayboot/state") == "1"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    with booted(kernel, initramfs, cd(medium) + disk(rw), upper, cpus=2) as guest:
+        assert guest.sh("echo kept > /root-note && cat /root-note") == "kept"
+        assert guest.sh("grep -c persistent=yes /run/overlayboot/state") == "1"
     listing = subprocess.run(
         ["debugfs", "-R", "ls -p /overlayboot/OVERLAYBOOT/upper", str(rw)],
         capture_output=True,
@@ -158,16 +117,10 @@ def test_persistence_survives_a_reboot(
         check=True,
     ).stdout
     assert "/root-note/" in listing
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert run(vm, "P3", "cat /root-note") == "kept"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    with boot(kernel, initramfs, cd(medium) + disk(rw), "overlayboot.upper=tmpfs") as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert run(vm, "P4", "cat /root-note 2>&1 || echo absent").endswith("absent")
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    with booted(kernel, initramfs, cd(medium) + disk(rw), upper) as guest:
+        assert guest.sh("cat /root-note") == "kept"
+    with booted(kernel, initramfs, cd(medium) + disk(rw), "overlayboot.upper=tmpfs") as guest:
+        assert guest.sh("cat /root-note 2>&1 || echo absent").endswith("absent")
 
 
 def test_partial_copy_up_is_sealed_for_kernel_overlayfs(
@@ -176,26 +129,22 @@ def test_partial_copy_up_is_sealed_for_kernel_overlayfs(
     """A write into a large lower file is a partial copy-up on the persistence partition;
     booting the same partition with overlayboot.overlay=kernel seals it first."""
     rw = ext4_image(tmp_path / "rw.img")
+    drives = cd(medium) + disk(rw)
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
     write = "printf NEW | dd of=/data/big bs=1 seek=1048576 conv=notrunc 2>/dev/null"
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        before = run(vm, "C1", "md5sum /data/big | cut -c1-32")
-        run(vm, "C2", write)
-        after = run(vm, "C3", "md5sum /data/big | cut -c1-32")
+    with booted(kernel, initramfs, drives, upper) as guest:
+        before = guest.sh("md5sum /data/big | cut -c1-32")
+        guest.sh(write)
+        after = guest.sh("md5sum /data/big | cut -c1-32")
         assert after != before
-        used = run(vm, "C4", "du -k /run/overlayboot/rw/overlayboot/OVERLAYBOOT/upper/data/big")
+        used = guest.sh("du -k /run/overlayboot/rw/overlayboot/OVERLAYBOOT/upper/data/big")
         assert int(used.split()[0]) < 1024, used  # one chunk, not the whole 2 MiB
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper, "overlayboot.overlay=kernel") as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert " / overlay " in vm.wait_for(r"^ROOT-MOUNT:", timeout=5).text
-        assert run(vm, "C5", "md5sum /data/big | cut -c1-32") == after
-        assert run(vm, "C6", "head -c 1048579 /data/big | tail -c 3") == "NEW"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    assert re.search(r"1 partial copy-ups in \S+ made whole, 0 left partial", vm.log()), vm.tail()
+    with booted(kernel, initramfs, drives, upper, "overlayboot.overlay=kernel") as guest:
+        assert " / overlay " in guest.root_mount()
+        assert guest.sh("md5sum /data/big | cut -c1-32") == after
+        assert guest.sh("head -c 1048579 /data/big | tail -c 3") == "NEW"
+    log = guest.vm.log()
+    assert re.search(r"1 partial copy-ups in \S+ made whole, 0 left partial", log), guest.vm.tail()
 
 
 def test_wrong_label_says_what_it_saw(
@@ -206,31 +155,25 @@ def test_wrong_label_says_what_it_saw(
         "overlayboot.timeout=3",
         "overlayboot.onerror=poweroff",
     )
-    with boot(kernel, initramfs, cd(medium), *params) as vm:
-        err = vm.wait_for(r"^ERROR: ", timeout=240)
-        assert "boot medium LABEL=NOPE not found after 3 s" in err.text
-        seen = vm.wait_for(r"iso9660 +LABEL=OVERLAYBOOT", timeout=30)
+    with failed_boot(kernel, initramfs, cd(medium), *params) as guest:
+        assert "boot medium LABEL=NOPE not found after 3 s" in guest.first.text
+        seen = guest.vm.wait_for(r"iso9660 +LABEL=OVERLAYBOOT", timeout=30)
         assert "/dev/sr0" in seen.text
-        vm.wait_exit(timeout=60)
-    assert "Kernel panic" not in vm.log()
+    assert "Kernel panic" not in guest.vm.log()
 
 
 def test_no_medium(kernel: Kernel, initramfs: BuiltInitramfs) -> None:
     params = ("overlayboot.timeout=2", "overlayboot.onerror=poweroff")
-    with boot(kernel, initramfs, [], *params) as vm:
-        err = vm.wait_for(r"^ERROR: ", timeout=240)
-        assert "boot medium LABEL=OVERLAYBOOT not found" in err.text
-        vm.wait_exit(timeout=60)
-    assert "Kernel panic" not in vm.log()
+    with failed_boot(kernel, initramfs, [], *params) as guest:
+        assert "boot medium LABEL=OVERLAYBOOT not found" in guest.first.text
+    assert "Kernel panic" not in guest.vm.log()
 
 
 def test_missing_persistence_label(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:
     params = ("overlayboot.upper=LABEL=missing-rw", "overlayboot.timeout=2",
               "overlayboot.onerror=poweroff")  # fmt: skip
-    with boot(kernel, initramfs, cd(medium), *params) as vm:
-        err = vm.wait_for(r"^ERROR: ", timeout=240)
-        assert "persistence partition LABEL=missing-rw not found" in err.text
-        vm.wait_exit(timeout=60)
+    with failed_boot(kernel, initramfs, cd(medium), *params) as guest:
+        assert "persistence partition LABEL=missing-rw not found" in guest.first.text
 
 
 def test_corrupt_squashfs(
@@ -242,28 +185,20 @@ def test_corrupt_squashfs(
     blob[0:96] = b"\0" * 96  # no superblock left
     (tree / "live/filesystem.squashfs").write_bytes(bytes(blob))
     bad = plain_iso(tree, tmp_path / "bad.iso")
-    with boot(kernel, initramfs, cd(bad), "overlayboot.onerror=poweroff") as vm:
-        err = vm.wait_for(r"^ERROR: ", timeout=240)
-        assert "cannot mount the image /live/filesystem.squashfs" in err.text
-        vm.wait_exit(timeout=60)
+    with failed_boot(kernel, initramfs, cd(bad), "overlayboot.onerror=poweroff") as guest:
+        assert "cannot mount the image /live/filesystem.squashfs" in guest.first.text
 
 
 def test_full_tmpfs_upper_gives_enospc_and_stays_up(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path
 ) -> None:
-    with boot(kernel, initramfs, cd(medium), "overlayboot.upper.size=4M") as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        out = run(
-            vm,
-            "F1",
-            "dd if=/dev/zero of=/big bs=1M count=16 2>&1 | grep -o 'No space.*'",
-            timeout=60,
+    with booted(kernel, initramfs, cd(medium), "overlayboot.upper.size=4M") as guest:
+        out = guest.sh(
+            "dd if=/dev/zero of=/big bs=1M count=16 2>&1 | grep -o 'No space.*'", timeout=60
         )
-        assert "No space left on device" in out, vm.log()
-        assert run(vm, "F2", "rm /big; echo small > /small && cat /small") == "small"
-        assert run(vm, "F3", "cat /etc/release") == "from the lower layer"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+        assert "No space left on device" in out, guest.vm.log()
+        assert guest.sh("rm /big; echo small > /small && cat /small") == "small"
+        assert guest.sh("cat /etc/release") == "from the lower layer"
 
 
 def test_usb_stick_medium_and_usb_persistence(
@@ -278,28 +213,20 @@ def test_usb_stick_medium_and_usb_persistence(
         "-device", "usb-storage,bus=xhci.0,drive=rw",
     ]  # fmt: skip
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
-    with boot(kernel, initramfs, usb, upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        medium_line = vm.wait_for(r"overlayboot: medium: ", timeout=1)
-        assert "/dev/sd" in medium_line.text, vm.log()
-        assert run(vm, "U1", "echo usb > /usb-note && cat /usb-note") == "usb"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
-    with boot(kernel, initramfs, usb, upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert run(vm, "U2", "cat /usb-note") == "usb"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    with booted(kernel, initramfs, usb, upper) as guest:
+        medium_line = guest.vm.wait_for(r"overlayboot: medium: ", timeout=1)
+        assert "/dev/sd" in medium_line.text, guest.vm.log()
+        assert guest.sh("echo usb > /usb-note && cat /usb-note") == "usb"
+    with booted(kernel, initramfs, usb, upper) as guest:
+        assert guest.sh("cat /usb-note") == "usb"
 
 
 def test_toram_frees_the_medium(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:
-    with boot(kernel, initramfs, cd(medium), "overlayboot.toram") as vm:
-        vm.wait_for(r"overlayboot: the medium can be removed", timeout=240)
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
-        assert run(vm, "T1", "grep -c sr0 /proc/mounts") == "0"
-        assert run(vm, "T2", "cat /etc/release") == "from the lower layer"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    removable = r"overlayboot: the medium can be removed"
+    with booted(kernel, initramfs, cd(medium), "overlayboot.toram", until=removable) as guest:
+        guest.vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
+        assert guest.sh("grep -c sr0 /proc/mounts") == "0"
+        assert guest.sh("cat /etc/release") == "from the lower layer"
 
 
 def test_findiso_on_a_partition(
@@ -313,42 +240,36 @@ def test_findiso_on_a_partition(
         ["mkfs.ext4", "-q", "-F", "-L", "isostore", "-d", str(store), str(img), "64M"], check=True
     )
     params = ("overlayboot.medium=LABEL=isostore", "overlayboot.findiso=/isos/live.iso")
-    with boot(kernel, initramfs, disk(img), *params) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
-        assert run(vm, "I1", "grep -c findiso=/isos/live.iso /run/overlayboot/state") == "1"
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    with booted(kernel, initramfs, disk(img), *params) as guest:
+        assert guest.sh("grep -c findiso=/isos/live.iso /run/overlayboot/state") == "1"
 
 
 def test_break_gives_a_shell_then_goes_on(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path
 ) -> None:
-    with boot(kernel, initramfs, cd(medium), "overlayboot.break=upper") as vm:
-        vm.wait_for(r"break before phase upper", timeout=240)
-        vm.wait_for(r"rescue shell", timeout=30)
-        assert run(vm, "B1", "ls /run/overlayboot/lower/etc") == "release"
-        vm.send("exit\n")
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+    stop = r"break before phase upper"
+    with booted(kernel, initramfs, cd(medium), "overlayboot.break=upper", until=stop) as guest:
+        guest.vm.wait_for(r"rescue shell", timeout=30)
+        assert guest.sh("ls /run/overlayboot/lower/etc") == "release"
+        guest.vm.send("exit\n")  # leave the rescue shell: the boot goes on
+        guest.vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
 
 
 def test_power_cut_leaves_old_or_new_contents(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
 ) -> None:
     rw = ext4_image(tmp_path / "rw.img")
+    drives = cd(medium) + disk(rw)
     upper = "overlayboot.upper=LABEL=overlayboot-rw"
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+    with booted(kernel, initramfs, drives, upper) as guest:
         # append to every lower file (a copy-up each), over and over, until the power goes
-        vm.send(
+        guest.vm.send(
             "while true; do for i in $(seq 0 LAST); do echo new-$i >> /data/f$i; done; "
             "echo ROUND-DONE; done\n".replace("LAST", str(DATA_FILES - 1))
         )
-        vm.wait_for(r"^ROUND-DONE", timeout=120)
-        vm.kill()  # the power cut: SIGKILL to QEMU mid-write
-    with boot(kernel, initramfs, cd(medium) + disk(rw), upper) as vm:
-        vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=240)
+        guest.vm.wait_for(r"^ROUND-DONE", timeout=120)
+        guest.power_cut()  # mid-write
+    with booted(kernel, initramfs, drives, upper) as guest:
         # every file: its 8000 old lines, then only whole "new-i" lines
         check = (
             "bad=0; for i in $(seq 0 LAST); do f=/data/f$i; "
@@ -357,8 +278,6 @@ def test_power_cut_leaves_old_or_new_contents(
             "[ $t = 0 ] || [ $(tail -n $t $f | grep -c ^new-$i$) = $t ] || bad=$((bad+1)); "
             "done; echo $bad"
         ).replace("LAST", str(DATA_FILES - 1))
-        assert run(vm, "C1", check, timeout=120) == "0", vm.log()
-        vm.send("exit\n")
-        vm.wait_exit(timeout=60)
+        assert guest.sh(check, timeout=120) == "0", guest.vm.log()
     fsck = subprocess.run(["e2fsck", "-fn", str(rw)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -188,3 +188,41 @@ def test_sizes_by_part(staged: Runtime) -> None:
 def test_no_world_writable_files(staged: Runtime) -> None:
     for path in staged.root.rglob("*"):
         assert not os.lstat(path).st_mode & 0o022, path
+
+
+def test_holds_no_image_builder_and_says_so_in_one_line(staged: Runtime, copied: Path) -> None:
+    """The CLI names the builder's commands without importing them: none is bundled."""
+    assert not any(m.split(".")[0] == "mkimage" for m in staged.zipped), staged.zipped
+    proc = subprocess.run(
+        [str(copied / "overlayboot"), "build", "all"],
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "'build' is not part of this installation" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_runs_what_the_initramfs_runs(copied: Path, tmp_path: Path) -> None:
+    """The modules behind mount, standby, status and upper seal import in the runtime, and
+    ``upper check`` runs there (on an upper with no partial copy-ups)."""
+    code = (
+        "import overlayboot.fs.daemon, overlayboot.standby, overlayboot.status, "
+        "overlayboot.upper, overlayboot.cmdline, overlayboot.probe"
+    )
+    run_python(copied, "-c", code)
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "lower").mkdir()
+    proc = subprocess.run(
+        [str(copied / "overlayboot"), "upper", "check", "--lower", str(tmp_path / "lower"),
+         str(tmp_path / "upper")],
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
