@@ -17,11 +17,11 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
-from mkimage.rootfs import ROOT_MARKER, build_busybox_root, copy_root
+from mkimage.rootfs import build_busybox_root, copy_root
 from mkimage.squashfs import SquashfsSpec, build_squashfs
-from tests.qemu.harness import Vm
+from tests.qemu.live import booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
-from tests.qemu.test_boot import boot, cd, disk, run
+from tests.qemu.test_boot import cd, disk
 
 pytestmark = pytest.mark.qemu
 
@@ -71,15 +71,6 @@ def assert_clean(img: Path) -> None:
     assert fsck.returncode == 0, fsck.stdout
 
 
-def shut_down(vm: Vm) -> None:
-    vm.send("exit\n")  # the default root's init powers off when its shell ends
-    vm.wait_exit(timeout=60)
-
-
-def up(vm: Vm) -> None:
-    vm.wait_for(ROOT_MARKER, timeout=240)
-
-
 def test_each_image_gets_its_own_changes_back(
     kernel: Kernel, initramfs: BuiltInitramfs, images: dict[str, Image], tmp_path: Path
 ) -> None:
@@ -87,36 +78,28 @@ def test_each_image_gets_its_own_changes_back(
     assert a.squashfs.stat().st_size == b.squashfs.stat().st_size  # the old id: the same
     assert a.image_id != b.image_id
     rw = ext4_image(tmp_path / "rw.img")
-    with boot(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as vm:
-        up(vm)
-        assert f"image id {a.image_id}, from /.overlayboot/image-id" in vm.log()
-        assert run(vm, "A1", "cat /etc/motd") == "image A"
-        assert run(vm, "A2", "echo from-a > /etc/note; rm /etc/hostname; cat /etc/note") == (
-            "from-a"
-        )
-        shut_down(vm)
+    with booted(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as guest:
+        assert f"image id {a.image_id}, from /.overlayboot/image-id" in guest.vm.log()
+        assert guest.sh("cat /etc/motd") == "image A"
+        assert guest.sh("echo from-a > /etc/note; rm /etc/hostname; cat /etc/note") == "from-a"
     listing = debugfs(rw, f"ls -p /overlayboot/OVERLAYBOOT/images/{a.image_id}/upper/etc")
     assert "/note/" in listing and "/hostname/" in listing  # the file and its whiteout
 
-    with boot(kernel, initramfs, cd(b.iso) + disk(rw), UPPER) as vm:
-        up(vm)
-        log = vm.log()
+    with booted(kernel, initramfs, cd(b.iso) + disk(rw), UPPER) as guest:
+        log = guest.vm.log()
         assert f"the image changed since the last boot (was {a.image_id}, now {b.image_id})" in log
-        assert run(vm, "B1", "cat /etc/motd") == "image B"
-        assert run(vm, "B2", "cat /etc/note 2>/dev/null || echo absent") == "absent"
-        assert run(vm, "B3", "cat /etc/hostname") == "overlayboot"  # no whiteout of A's
-        assert run(vm, "B4", "echo from-b > /etc/note-b; cat /etc/note-b") == "from-b"
-        shut_down(vm)
+        assert guest.sh("cat /etc/motd") == "image B"
+        assert guest.sh("cat /etc/note 2>/dev/null || echo absent") == "absent"
+        assert guest.sh("cat /etc/hostname") == "overlayboot"  # no whiteout of A's
+        assert guest.sh("echo from-b > /etc/note-b; cat /etc/note-b") == "from-b"
 
-    with boot(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as vm:
-        up(vm)
-        assert "this image was booted here before: its changes come back" in vm.log()
-        assert run(vm, "C1", "cat /etc/note") == "from-a"
-        assert run(vm, "C2", "cat /etc/hostname 2>/dev/null || echo absent") == "absent"
-        assert run(vm, "C3", "cat /etc/note-b 2>/dev/null || echo absent") == "absent"
-        state = run(vm, "C4", "grep -E '^(image_id|image_changed|fsck)=' /run/overlayboot/state")
+    with booted(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as guest:
+        assert "this image was booted here before: its changes come back" in guest.vm.log()
+        assert guest.sh("cat /etc/note") == "from-a"
+        assert guest.sh("cat /etc/hostname 2>/dev/null || echo absent") == "absent"
+        assert guest.sh("cat /etc/note-b 2>/dev/null || echo absent") == "absent"
+        state = guest.sh("grep -E '^(image_id|image_changed|fsck)=' /run/overlayboot/state")
         assert state == f"image_id={a.image_id} fsck=0 image_changed={b.image_id}"
-        shut_down(vm)
     assert_clean(rw)
 
 
@@ -125,12 +108,10 @@ def test_an_image_without_an_id_is_known_by_its_sha256(
 ) -> None:
     plain = images["plain"]
     rw = ext4_image(tmp_path / "rw.img")
-    with boot(kernel, initramfs, cd(plain.iso) + disk(rw), UPPER) as vm:
-        up(vm)
-        assert "has no /.overlayboot/image-id (not built by overlayboot)" in vm.log()
-        assert f"image id {plain.image_id}, from sha256 of the image file" in vm.log()
-        run(vm, "S1", "echo x > /etc/x")
-        shut_down(vm)
+    with booted(kernel, initramfs, cd(plain.iso) + disk(rw), UPPER) as guest:
+        assert "has no /.overlayboot/image-id (not built by overlayboot)" in guest.vm.log()
+        assert f"image id {plain.image_id}, from sha256 of the image file" in guest.vm.log()
+        guest.sh("echo x > /etc/x")
     assert "/x/" in debugfs(rw, f"ls -p /overlayboot/OVERLAYBOOT/images/{plain.image_id}/upper/etc")
 
 
@@ -152,11 +133,9 @@ def test_the_old_layout_is_moved_and_kept(
         f"write {tmp_path / 'id'} /overlayboot/OVERLAYBOOT/image-id",
         write=True,
     )  # fmt: skip
-    with boot(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as vm:
-        up(vm)
-        assert f"moving the changes of image {old_id} to " in vm.log()
-        assert run(vm, "L1", "cat /etc/old 2>/dev/null || echo absent") == "absent"
-        shut_down(vm)
+    with booted(kernel, initramfs, cd(a.iso) + disk(rw), UPPER) as guest:
+        assert f"moving the changes of image {old_id} to " in guest.vm.log()
+        assert guest.sh("cat /etc/old 2>/dev/null || echo absent") == "absent"
     kept = debugfs(rw, f"cat /overlayboot/OVERLAYBOOT/images/{old_id}/upper/etc/old")
     assert "old changes" in kept
 
@@ -173,13 +152,11 @@ def test_fsck_repairs_the_persistence_partition_before_the_boot_uses_it(
     kernel: Kernel, initramfs: BuiltInitramfs, images: dict[str, Image], tmp_path: Path
 ) -> None:
     rw = broken_partition(tmp_path / "rw.img", "sif /file links_count 5")
-    with boot(kernel, initramfs, cd(images["A"].iso) + disk(rw), UPPER) as vm:
-        fixed = vm.wait_for(r"overlayboot: fsck: .*ref count is 5, should be 1\.\s+FIXED", 240)
-        vm.wait_for(r"overlayboot: fsck: errors on /dev/vda fixed", timeout=10)
-        up(vm)
-        assert fixed.at < vm.wait_for(r"overlayboot: upper: /dev/vda", timeout=5).at
-        assert run(vm, "F1", "grep ^fsck= /run/overlayboot/state") == "fsck=1"
-        shut_down(vm)
+    with booted(kernel, initramfs, cd(images["A"].iso) + disk(rw), UPPER) as guest:
+        fixed = guest.vm.wait_for(r"overlayboot: fsck: .*ref count is 5, should be 1\.\s+FIXED", 5)
+        guest.vm.wait_for(r"overlayboot: fsck: errors on /dev/vda fixed", timeout=5)
+        assert fixed.at < guest.vm.wait_for(r"overlayboot: upper: /dev/vda", timeout=5).at
+        assert guest.sh("grep ^fsck= /run/overlayboot/state") == "fsck=1"
     assert_clean(rw)
 
 
@@ -187,11 +164,10 @@ def test_a_partition_that_needs_a_human_stops_the_boot(
     kernel: Kernel, initramfs: BuiltInitramfs, images: dict[str, Image], tmp_path: Path
 ) -> None:
     rw = broken_partition(tmp_path / "rw.img", "clri <2>")  # no root directory
-    with boot(kernel, initramfs, cd(images["A"].iso) + disk(rw), UPPER) as vm:
-        err = vm.wait_for(r"^ERROR: ", timeout=240)
+    with failed_boot(kernel, initramfs, cd(images["A"].iso) + disk(rw), UPPER) as guest:
+        err = guest.first
         assert "the persistence partition /dev/vda has errors that e2fsck -p cannot fix" in err.text
         assert "exit code 4" in err.text
-        assert "UNEXPECTED INCONSISTENCY" in vm.log()
-        vm.wait_exit(timeout=60)
-    assert ROOT_MARKER not in vm.log()
-    assert "overlayboot: upper: " not in vm.log()  # stopped before the mount
+        assert "UNEXPECTED INCONSISTENCY" in guest.vm.log()
+    assert "OVERLAYBOOT-ROOT: up" not in guest.vm.log()
+    assert "overlayboot: upper: " not in guest.vm.log()  # stopped before the mount
