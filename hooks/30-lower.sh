@@ -1,6 +1,10 @@
 # Phase "lower": mount the squashfs image read-only at $OB_RUN/lower (after copying it to RAM
-# with overlayboot.toram, so that the medium can be removed).
-# In: OB_IMAGE_FILE, OB_TORAM. Out: OB_LOWER, OB_IMAGE_ID (mkfs time and size of the image).
+# with overlayboot.toram, so that the medium can be removed), and find the image's id.
+# The id is what mkimage put in the image (/.overlayboot/image-id: a digest of the root
+# tree); an image built otherwise has none, and its id is then the sha256 of the image file
+# (computed only when a persistence partition needs it: it reads the whole image).
+# In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
+# needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
 OB_LOWER=$OB_RUN/lower
 mkdir -p "$OB_LOWER"
 
@@ -9,7 +13,7 @@ if [ -b "$OB_IMAGE_FILE" ]; then
 else
     image_size=$(stat -c %s "$OB_IMAGE_FILE")
 fi
-OB_IMAGE_ID=$(od -An -tu4 -j8 -N4 "$OB_IMAGE_FILE" | tr -d ' ')-$image_size
+OB_LEGACY_ID=$(od -An -tu4 -j8 -N4 "$OB_IMAGE_FILE" | tr -d ' ')-$image_size
 
 if [ -n "$OB_TORAM" ]; then
     need_kb=$((image_size / 1024 + 65536))
@@ -33,5 +37,21 @@ mount -t squashfs -o ro,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
 ls "$OB_LOWER" > /dev/null 2>&1 || die "the image $OB_IMAGE is unreadable (corrupt squashfs)"
 [ -e "$OB_LOWER$OB_INIT" ] || [ -L "$OB_LOWER$OB_INIT" ] ||
     die "the image $OB_IMAGE has no $OB_INIT (init=), or it cannot be read (corrupt squashfs?)"
-log "lower: $OB_IMAGE (image id $OB_IMAGE_ID)"
-state image_id "$OB_IMAGE_ID"
+OB_IMAGE_ID=
+if [ -f "$OB_LOWER/$OB_IMAGE_ID_FILE" ]; then
+    OB_IMAGE_ID=$(head -c 65 "$OB_LOWER/$OB_IMAGE_ID_FILE" | tr -d '\n')
+    valid_id "$OB_IMAGE_ID" ||
+        die "the image $OB_IMAGE has a bad /$OB_IMAGE_ID_FILE ('$OB_IMAGE_ID'): rebuild it with overlayboot build squashfs"
+    id_from=/$OB_IMAGE_ID_FILE
+elif [ "$OB_UPPER_KIND" != tmpfs ]; then
+    log "the image has no /$OB_IMAGE_ID_FILE (not built by overlayboot): its id is its sha256"
+    OB_IMAGE_ID=$(sha256sum "$OB_IMAGE_FILE" | cut -c1-32)
+    valid_id "$OB_IMAGE_ID" || die "cannot read the image $OB_IMAGE to compute its sha256"
+    id_from="sha256 of the image file"
+fi
+if [ -n "$OB_IMAGE_ID" ]; then
+    log "lower: $OB_IMAGE (image id $OB_IMAGE_ID, from $id_from)"
+    state image_id "$OB_IMAGE_ID"
+else
+    log "lower: $OB_IMAGE (no /$OB_IMAGE_ID_FILE: not built by overlayboot)"
+fi

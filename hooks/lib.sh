@@ -170,3 +170,113 @@ standby_stop() {
     kill "$OB_STANDBY_PID" 2>/dev/null
     OB_STANDBY_PID=
 }
+
+# --- image identity and the persistence partition (phases lower and upper) -------------
+
+# where an image built by overlayboot carries its id (mkimage/imageid.py), inside the image
+OB_IMAGE_ID_FILE=.overlayboot/image-id
+
+# args: ID; true for an image id usable as a directory name: 1-64 of A-Z a-z 0-9 . _ -,
+# not starting with a dot
+valid_id() {
+    case "$1" in
+        "" | .* | *[!A-Za-z0-9._-]*) return 1 ;;
+    esac
+    [ "${#1}" -le 64 ]
+}
+
+# args: SRC DEST; moves SRC to DEST, which must not exist (mv would put SRC inside it);
+# any failure is fatal: changes are never mixed or lost silently
+move_aside() {
+    [ -e "$2" ] && die "cannot move ${1#"$OB_RUN/rw"} to ${2#"$OB_RUN/rw"} on the persistence partition: it exists (move one of them away by hand)"
+    if ! { mkdir -p "${2%/*}" && mv "$1" "$2"; }; then
+        die "cannot move ${1#"$OB_RUN/rw"} to ${2#"$OB_RUN/rw"} on the persistence partition"
+    fi
+}
+
+# args: DEVICE; e2fsck -p of an ext2/3/4 persistence partition, before its read-write mount.
+# Exit code 0: clean; 1: errors fixed (logged); 2 (or 3): fixed, and e2fsck asks for a
+# reboot, which is meant for a mounted root: this filesystem is not mounted yet, so the
+# boot goes on (as dracut does); 4 and more: errors are left, or e2fsck failed: die.
+fsck_upper() {
+    # the ext2/3/4 magic number, 0xef53 at byte 1080 (busybox's blkid DEV prints nothing)
+    magic=$(dd if="$1" bs=2 skip=540 count=1 2>/dev/null | od -An -tx1 | tr -d ' \n')
+    if [ "$magic" != 53ef ]; then
+        log "fsck: $1 holds no ext2/3/4 filesystem: not checked"
+        return 0
+    fi
+    if grep -q "^$1 " /proc/mounts; then
+        log "fsck: $1 is mounted already (it holds the medium): not checked"
+        return 0
+    fi
+    if [ ! -x "$OB_RUN/runtime/e2fsck" ]; then
+        log "WARNING: no e2fsck in this initramfs: $1 is mounted unchecked"
+        return 0
+    fi
+    "$OB_RUN/runtime/e2fsck" -p "$1" > "$OB_RUN/fsck.log" 2>&1
+    rc=$?
+    while IFS= read -r line; do
+        log "fsck: $line"
+    done < "$OB_RUN/fsck.log"
+    state fsck "$rc"
+    if [ "$rc" -ge 4 ]; then
+        die "the persistence partition $1 has errors that e2fsck -p cannot fix (exit code $rc): check it by hand ($OB_RUN/runtime/e2fsck -f $1), or boot with overlayboot.upper=tmpfs"
+    elif [ "$rc" -ge 2 ]; then
+        log "fsck: errors on $1 fixed; e2fsck asks for a reboot (exit code $rc), needed only for a mounted filesystem: going on"
+    elif [ "$rc" = 1 ]; then
+        log "fsck: errors on $1 fixed"
+    fi
+}
+
+# args: BASE; the layout of older releases (BASE/upper, BASE/work for the image in
+# BASE/image-id, and BASE/upper.ID set aside at image changes) moved to BASE/images/ID/.
+# Their id was the image's mkfs time and size ($OB_LEGACY_ID); changes recorded under the
+# one the booted image has become this image's (the old id told no more than that).
+migrate_layout() {
+    if [ -d "$1/upper" ]; then
+        old_id=$(cat "$1/image-id" 2>/dev/null)
+        valid_id "$old_id" || old_id=unknown
+        to=$old_id
+        if [ "$old_id" = "$OB_LEGACY_ID" ]; then
+            to=$OB_IMAGE_ID
+            log "WARNING: changes made under the old image id $old_id (mkfs time and size, which this image has too) are taken as this image's"
+        fi
+        log "persistence: moving the changes of image $old_id to ${1#"$OB_RUN/rw"}/images/$to (new layout)"
+        move_aside "$1/upper" "$1/images/$to/upper"
+        if [ -d "$1/work" ]; then
+            move_aside "$1/work" "$1/images/$to/work"
+        fi
+        echo "$to" > "$1/image-id" || die "cannot write ${1#"$OB_RUN/rw"}/image-id on the persistence partition"
+    fi
+    for d in "$1"/upper.*; do
+        [ -d "$d" ] || continue
+        old_id=${d##*/upper.}
+        valid_id "$old_id" || continue
+        log "persistence: moving the changes of image $old_id to ${1#"$OB_RUN/rw"}/images/$old_id (new layout)"
+        move_aside "$d" "$1/images/$old_id/upper"
+    done
+}
+
+# args: BASE; the changes of the image booted now: BASE/images/$OB_IMAGE_ID/{upper,work},
+# brought back if this image was booted here before; BASE/image-id records it as the last
+# one booted. Out: OB_CHANGES, that directory.
+image_changes() {
+    valid_id "$OB_IMAGE_ID" || die "no image id for the changes on the persistence partition (phase lower)"
+    last=$(cat "$1/image-id" 2>/dev/null)
+    dir=$1/images/$OB_IMAGE_ID
+    if [ -n "$last" ] && [ "$last" != "$OB_IMAGE_ID" ]; then
+        log "the image changed since the last boot (was $last, now $OB_IMAGE_ID): the changes made with $last stay in ${1#"$OB_RUN/rw"}/images/$last"
+        state image_changed "$last"
+        if [ -d "$dir/upper" ]; then
+            log "this image was booted here before: its changes come back"
+        fi
+    fi
+    [ -d "$dir/upper" ] || log "no changes of image $OB_IMAGE_ID here yet: it starts with none"
+    mkdir -p "$dir/upper" "$dir/work" ||
+        die "cannot create ${dir#"$OB_RUN/rw"}/upper and work on the persistence partition"
+    if ! { echo "$OB_IMAGE_ID" > "$1/image-id.new" && mv -f "$1/image-id.new" "$1/image-id"; }; then
+        die "cannot record the image id in ${1#"$OB_RUN/rw"}/image-id on the persistence partition"
+    fi
+    date -u '+%Y-%m-%dT%H:%M:%SZ' > "$dir/last-boot" 2>/dev/null
+    OB_CHANGES=$dir
+}

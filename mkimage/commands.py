@@ -253,7 +253,7 @@ def build_squashfs_cmd(
     built = build_squashfs(rootdir, output, spec)
     click.echo(
         f"{built.path}: {built.size:,d} bytes ({compression}), init {built.root.init}, "
-        f"{time.monotonic() - started:.1f} s"
+        f"image id {built.image_id}, {time.monotonic() - started:.1f} s"
     )
 
 
@@ -372,7 +372,7 @@ def build_all_cmd(config_file: Path | None, output: Path | None, cache: Path) ->
 
 @click.group("persistence")
 def persistence() -> None:
-    """Make persistence partitions and images."""
+    """Make persistence partitions and images; list and prune the changes kept on them."""
 
 
 @persistence.command("create")
@@ -392,3 +392,41 @@ def persistence_create_cmd(target: Path, size: str, label: str, table: bool, for
     )  # fmt: skip
     where = f" at byte {fs.offset}" if fs.offset else ""
     click.echo(f"{fs.path}: ext4 {fs.label} ({fs.size:,d} bytes{where}), UUID {fs.uuid}")
+
+
+_TARGET_HELP = "The base dir, as in overlayboot.upper=DEV:DIR [default: each overlayboot/LABEL]."
+
+
+@persistence.command("list")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_list_cmd(target: Path, base_dir: str | None) -> None:
+    """List the changes each image keeps on a persistence partition.
+
+    TARGET is its mount point (/run/overlayboot/rw in the live system), an image file or an
+    unmounted device (read with debugfs)."""
+    from overlayboot.images import list_lines, open_target
+
+    for line in list_lines(open_target(target), base_dir):
+        click.echo(line)
+
+
+@persistence.command("prune")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("ids", nargs=-1)
+@click.option("--all-but-last", is_flag=True, help="Every image but the one booted last.")
+@click.option("--force", is_flag=True, help="Remove the changes of the image booted last too.")
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_prune_cmd(
+    target: Path, ids: tuple[str, ...], all_but_last: bool, force: bool, base_dir: str | None
+) -> None:
+    """Remove the changes of images IDS (ids or unique prefixes) from a persistence partition.
+
+    TARGET as for list; an image file or device is changed with debugfs, then e2fsck -fp."""
+    from overlayboot.images import open_target, prune
+
+    tree = open_target(target)
+    for line in prune(tree, list(ids), all_but_last=all_but_last, force=force, base_dir=base_dir):
+        click.echo(line)

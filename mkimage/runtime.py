@@ -4,6 +4,8 @@ Layout of a staged runtime (``R``; the directory can be copied anywhere and keep
 
     R/python                         launcher: python [--argv0 NAME] [PYTHON-ARGS...]
     R/overlayboot                    launcher: the overlayboot CLI, argv[0] = "@overlayboot"
+    R/e2fsck                         launcher: the host's e2fsck (phase upper checks the
+                                     persistence partition with it); R/bin/e2fsck is the binary
     R/bin/python3.11                 Debian's interpreter (libpython is static in it)
     R/bin/python3.11._pth            sys.path, relative to bin/ (see below)
     R/lib/ld-linux-x86-64.so.2       the dynamic loader (the name of the binary's PT_INTERP)
@@ -97,6 +99,9 @@ RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
     "mkimage",
 }
 PYTHON = PurePosixPath("/usr/bin/python3.11")
+# Host programs the boot runs with the bundled loader and libraries (their ELF closure is
+# added to lib/): e2fsck checks the persistence partition before it is mounted.
+TOOLS: tuple[PurePosixPath, ...] = (PurePosixPath("/usr/sbin/e2fsck"),)
 # Loaded with dlopen, so not in any DT_NEEDED: glibc's pthread_exit/cancel need libgcc_s,
 # trio looks up pthread_setname_np in libpthread through ctypes.
 DLOPENED: tuple[str, ...] = ("libgcc_s.so.1", "libpthread.so.0")
@@ -129,6 +134,7 @@ class RuntimeSpec:
 
     entries: tuple[str, ...] = ENTRY_MODULES
     python: PurePosixPath = PYTHON  # inside the host root "/"
+    tools: tuple[PurePosixPath, ...] = TOOLS  # inside the host root "/"
     search_path: tuple[str, ...] | None = None  # default: the repo, then this sys.path
     excludes: frozenset[str] = RUNTIME_EXCLUDES
     strip: bool = True  # strip debug info from objects that have it (pyfuse3's .so)
@@ -325,8 +331,25 @@ exec "$rt/{launcher}" --argv0 {argv0} -m overlayboot "$@"
 )
 
 
-def launcher_texts(loader: str) -> dict[str, str]:
-    """The launcher scripts by file name, for a loader file named ``loader`` in lib/."""
+_TOOL_LAUNCHER = (
+    _LAUNCHER_HEAD
+    + """\
+exec "$rt/{lib}/{loader}" --inhibit-cache --library-path "$rt/{lib}" "$rt/bin/{name}" "$@"
+"""
+)
+
+
+def _check_tools(spec: RuntimeSpec) -> list[Path]:
+    tools = [Path(t) for t in spec.tools]
+    for tool in tools:
+        if not tool.is_file():
+            raise RuntimeBuildError(f"{tool} not found", "install the Debian package e2fsprogs")
+    return tools
+
+
+def launcher_texts(loader: str, tools: Iterable[str] = ()) -> dict[str, str]:
+    """The launcher scripts by file name, for a loader file named ``loader`` in lib/, and
+    one for each program of ``tools`` in bin/."""
     python = _PYTHON_LAUNCHER.format(
         role="The overlayboot Python runtime: runs bin/python3.11.",
         lib=LIB_DIR,
@@ -338,7 +361,11 @@ def launcher_texts(loader: str) -> dict[str, str]:
         launcher=LAUNCHER,
         argv0=DAEMON_ARGV0,
     )
-    return {LAUNCHER: python, CLI_LAUNCHER: cli}
+    texts = {LAUNCHER: python, CLI_LAUNCHER: cli}
+    for name in tools:
+        role = f"{name} of the build host, run with the runtime's loader and libraries."
+        texts[name] = _TOOL_LAUNCHER.format(role=role, lib=LIB_DIR, loader=loader, name=name)
+    return texts
 
 
 def pth_text() -> str:
@@ -366,6 +393,7 @@ class _Plan:
     disk: tuple[str, ...]  # top-level packages kept on disk (under site-packages)
     closure: Closure  # the ELF closure of the interpreter, extensions and dlopened libraries
     loader: Library  # the dynamic loader (PT_INTERP)
+    tools: tuple[Path, ...] = ()  # host programs run with the bundled loader (TOOLS)
 
     def on_disk(self, module: Module) -> bool:
         return module.name.split(".")[0] in self.disk
@@ -386,21 +414,29 @@ class _Plan:
 def _plan(spec: RuntimeSpec) -> _Plan:
     """Find the modules, the packages kept on disk and the libraries they all need."""
     python = _check_host_python(spec)
+    tools = _check_tools(spec)
     found, disk = find_runtime_modules(spec)
     extensions = [m.path for m in found.by_kind("extension") if m.path is not None]
     closure = resolve_closure(
         Path("/"),
-        [str(python), *(str(p.resolve()) for p in extensions), *find_dlopened(python, DLOPENED)],
+        [
+            str(python),
+            *map(str, tools),
+            *(str(p.resolve()) for p in extensions),
+            *find_dlopened(python, DLOPENED),
+        ],
         strict=True,
     )
     if closure.interpreter is None:
         raise RuntimeBuildError(f"{python} has no program interpreter (PT_INTERP)")
-    return _Plan(python, found, disk, closure, closure.interpreter)
+    return _Plan(python, found, disk, closure, closure.interpreter, tuple(tools))
 
 
 def _copy_binaries(plan: _Plan, tree: Path, *, strip: bool) -> list[str]:
     """The interpreter into bin/, the loader and every library into lib/; their names."""
     _copy_elf(plan.python, tree / INTERPRETER, strip=False)
+    for tool in plan.tools:
+        _copy_elf(tool, tree / "bin" / tool.name, strip=strip)
     wanted = set(DLOPENED)
     dlopened = [b for b in plan.closure.binaries if b.path_in_root.name in wanted]
     names: list[str] = []
@@ -436,7 +472,7 @@ def _write_entry_files(plan: _Plan, tree: Path, mtime: int) -> None:
     """The ._pth file and the launchers; then the same modes and times everywhere."""
     _write(tree / PTH_FILE, pth_text().encode())
     loader = PurePosixPath(plan.loader.path_in_root).name
-    for name, text in launcher_texts(loader).items():
+    for name, text in launcher_texts(loader, [t.name for t in plan.tools]).items():
         _write(tree / name, text.encode(), 0o755)
     for d in (tree / DYNLOAD_DIR, tree / PACKAGES_DIR):
         d.mkdir(parents=True, exist_ok=True)
