@@ -110,8 +110,12 @@ def test_persistence_survives_a_reboot(
     with booted(kernel, initramfs, cd(medium) + disk(rw), upper, cpus=2) as guest:
         assert guest.sh("echo kept > /root-note && cat /root-note") == "kept"
         assert guest.sh("grep -c persistent=yes /run/overlayboot/state") == "1"
+        upperdir = guest.sh("sed -n 's/^upperdir=//p' /run/overlayboot/state")
+    # this image's changes, under images/ID on the partition (mounted at /run/overlayboot/rw)
+    on_partition = upperdir.removeprefix("/run/overlayboot/rw")
+    assert re.fullmatch(r"/overlayboot/OVERLAYBOOT/images/[0-9a-f]{32}/upper", on_partition)
     listing = subprocess.run(
-        ["debugfs", "-R", "ls -p /overlayboot/OVERLAYBOOT/upper", str(rw)],
+        ["debugfs", "-R", f"ls -p {on_partition}", str(rw)],
         capture_output=True,
         text=True,
         check=True,
@@ -137,7 +141,7 @@ def test_partial_copy_up_is_sealed_for_kernel_overlayfs(
         guest.sh(write)
         after = guest.sh("md5sum /data/big | cut -c1-32")
         assert after != before
-        used = guest.sh("du -k /run/overlayboot/rw/overlayboot/OVERLAYBOOT/upper/data/big")
+        used = guest.sh("du -k $(sed -n 's/^upperdir=//p' /run/overlayboot/state)/data/big")
         assert int(used.split()[0]) < 1024, used  # one chunk, not the whole 2 MiB
     with booted(kernel, initramfs, drives, upper, "overlayboot.overlay=kernel") as guest:
         assert " / overlay " in guest.root_mount()
