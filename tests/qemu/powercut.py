@@ -161,14 +161,19 @@ def _tail(proc: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def fsck(rw: Path) -> tuple[str, list[str]]:
-    """``e2fsck -fp`` (exit 0 or 1: clean, or repaired) then ``e2fsck -fn`` must be clean."""
+    """``e2fsck -fp`` (exit 0 or 1: clean, or repaired) then ``e2fsck -fn`` must be clean.
+
+    Says "clean", "journal replayed" (the normal state after a cut), or what was repaired."""
     preen = run(["e2fsck", "-fp", rw], check=False)
     problems = [] if preen.returncode in (0, 1) else [f"e2fsck -fp: exit {preen.returncode}"]
     strict = run(["e2fsck", "-fn", rw], check=False)
     if strict.returncode != 0:
         problems.append(f"e2fsck -fn after -fp: exit {strict.returncode}: {_tail(strict)}")
-    done = "clean" if preen.returncode == 0 else f"repaired: {_tail(preen)}"
-    return done, problems
+    said = (preen.stdout + preen.stderr).decode(errors="replace").splitlines()
+    other = [ln for ln in said if "recovering journal" not in ln and "non-contiguous" not in ln]
+    if preen.returncode == 0:
+        return "clean", problems
+    return ("journal replayed" if not other else f"repaired: {_tail(preen)}"), problems
 
 
 def check_partition(rw: Path, lower: Path, scratch: Path) -> PartitionCheck:
@@ -198,13 +203,14 @@ class Console:
     failed: tuple[str, ...]  # operations that failed in the guest
     last_op: int  # the last @IDX seen (-1: none)
     up_at: float  # seconds from QEMU's start to the live root's shell
+    ran_for: float  # seconds from the workload's start to its last @IDX
 
 
 def read_console(vm: Vm) -> Console:
     state: dict[str, str] = {}
     fsynced: dict[int, str] = {}
     failed: list[str] = []
-    last_op, up_at = -1, 0.0
+    last_op, up_at, started, last_at = -1, 0.0, 0.0, 0.0
     for line in list(vm.lines):
         verb, _, rest = line.text.partition(" ")
         if verb == "STATE":
@@ -216,10 +222,13 @@ def read_console(vm: Vm) -> Console:
         elif verb == "FAILED":
             failed.append(rest)
         elif verb.startswith("@") and verb[1:].isdigit():
-            last_op = int(verb[1:])
+            last_op, last_at = int(verb[1:]), line.at
+        elif verb == "WORKLOAD-START":
+            started = line.at
         elif line.text.startswith("OVERLAYBOOT-ROOT: up") and not up_at:
             up_at = line.at
-    return Console(state, fsynced, tuple(failed), last_op, up_at)
+    ran_for = last_at - started if last_at else 0.0
+    return Console(state, fsynced, tuple(failed), last_op, up_at, ran_for)
 
 
 def run_workload(vm: Vm, cut_after: int | None, delay: float = 0.0) -> Console:

@@ -198,6 +198,7 @@ class _Planner:
     def sync(self) -> None:
         """fsync a file (or /tree) and its directory; the guest then reports what it saw."""
         kind, idx = self.rng.choice(("small", "small", "big", "tree")), len(self.ops)
+        syncs: tuple[str, ...]
         if kind == "small":
             path = self.small_path()
             data = self.small.get(path)

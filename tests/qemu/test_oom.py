@@ -76,9 +76,7 @@ def test_stray_signals_to_the_daemon_change_nothing(
         # a round trip through the daemon: it has run its signal handler by then
         assert run(vm, "S2", "echo written > /sig-note && cat /sig-note") == "written"
         assert run(vm, "S3", f"kill -0 {pid} && echo alive") == "alive"
-        assert run(vm, "S4", f"kill -{signal} {pid}; kill -{signal} {pid}; echo twice") == (
-            "twice"
-        )
+        assert run(vm, "S4", f"kill -{signal} {pid}; kill -{signal} {pid}; echo twice") == ("twice")
         assert run(vm, "S5", "cat /sig-note /etc/release | wc -l") == "2"
         assert run(vm, "S6", f"kill -0 {pid} && echo alive") == "alive"
         vm.send("exit\n")

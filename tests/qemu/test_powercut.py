@@ -31,6 +31,7 @@ from tests.qemu.media import ext4_image
 from tests.qemu.powercut import (
     LABEL,
     UPPER_PARAM,
+    Console,
     Medium,
     boot,
     build_medium,
@@ -54,8 +55,7 @@ class Cut:
     """One cut and what the checks found (the next boot may add to ``problems``)."""
 
     k: int
-    after_op: int
-    fsyncs: int
+    said: Console
     fsck: str
     problems: list[str]
 
@@ -73,12 +73,11 @@ def _seed() -> int:
 def _one_boot(
     kernel: Kernel, initramfs: BuiltInitramfs, medium: Medium, rw: Path, rnd: Round,
     cut: tuple[int, float] | None,
-) -> tuple[dict[str, str], dict[int, str], tuple[str, ...], int]:  # fmt: skip
-    """One boot on ``rw`` running ``rnd``; what the guest read first, fsynced, failed."""
+) -> Console:  # fmt: skip
+    """One boot on ``rw`` running ``rnd``: what the guest said."""
     ops = ops_disk(rw.with_name("ops.img"), rnd.script())
     with boot(kernel, initramfs, medium, UPPER_PARAM, rw=rw, ops=ops) as vm:
-        said = run_workload(vm, *(cut or (None, 0.0)))
-    return said.state, said.fsynced, said.failed, said.last_op
+        return run_workload(vm, *(cut or (None, 0.0)))
 
 
 def _summary(cuts: list[Cut], seed: int, started: float) -> str:
@@ -94,7 +93,9 @@ def _summary(cuts: list[Cut], seed: int, started: float) -> str:
             else f"{len(c.problems)} problems: " + "; ".join(c.problems[:6])
         )
         lines.append(
-            f"  cut {c.k}: after op {c.after_op}, {c.fsyncs} fsyncs reported, fsck {c.fsck}: {what}"
+            f"  cut {c.k}: shell at {c.said.up_at:.0f} s, cut after op {c.said.last_op} "
+            f"({c.said.ran_for:.1f} s of workload, {len(c.said.fsynced)} fsyncs reported), "
+            f"fsck: {c.fsck}: {what}"
         )
     return "\n".join(lines)
 
@@ -119,23 +120,22 @@ def test_power_cuts_leave_every_fsynced_file_and_no_torn_one(
             rnd = plan(seen, rng, 0 if last else OPS)
             cut = None if last else (rng.randrange(*CUT_AFTER), rng.uniform(0, CUT_DELAY))
             try:
-                state, fsynced, failed, last_op = _one_boot(kernel, initramfs, medium, rw, rnd, cut)
+                said = _one_boot(kernel, initramfs, medium, rw, rnd, cut)
             except BootTimeout as exc:
-                what = "the next boot" if cuts else "the first boot"
-                problem = f"{what} failed: {exc}".splitlines()
                 if not cuts:
                     raise
-                cuts[-1].problems.append(" / ".join(problem[:1] + problem[-8:]))
+                said_lines = f"the next boot failed: {exc}".splitlines()
+                cuts[-1].problems.append(" / ".join(said_lines[:1] + said_lines[-8:]))
                 break
             if cuts:
-                cuts[-1].problems += state_problems(state, seen.wholes)
+                cuts[-1].problems += state_problems(said.state, seen.wholes)
             if last:
                 break
             check = check_partition(rw, lower, tmp_path)
-            problems = [*check.problems, *(f"failed in the guest: {f}" for f in failed)]
+            problems = [*check.problems, *(f"failed in the guest: {f}" for f in said.failed)]
             if check.seen is not None:
-                problems += verdict(rnd, check.seen, fsynced)
-            cuts.append(Cut(k, last_op, len(fsynced), check.fsck, problems))
+                problems += verdict(rnd, check.seen, said.fsynced)
+            cuts.append(Cut(k, said, check.fsck, problems))
             if check.seen is None:
                 break  # nothing to plan the next round on
             seen = check.seen

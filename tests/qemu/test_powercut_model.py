@@ -13,7 +13,7 @@ import pytest
 
 from overlayboot.run import run
 from tests.qemu.powercut import build_root
-from tests.qemu.powercut_model import BLOCK, ABSENT, Observed, observe, plan, verdict
+from tests.qemu.powercut_model import ABSENT, Observed, observe, plan, verdict
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 
@@ -47,10 +47,17 @@ def test_workload_does_what_the_plan_says_and_the_verdict_catches_damage(tmp_pat
     assert any(block in p for p in verdict(rnd, _torn(seen, block), fsynced))
     stray = Observed({**seen.values, "f:/new/stray": "1" * 32}, seen.files, seen.wholes)
     assert any("f:/new/stray" in p for p in verdict(rnd, stray, fsynced))
-    synced = next(op for op in rnd.ops if op.syncs and op.syncs[0].startswith("f:"))
-    key = synced.syncs[0]
-    later = [op for op in rnd.ops if op.idx > synced.idx and any(k == key for k, _ in op.steps)]
-    if not later and synced.expect != ABSENT:
-        lost = Observed({**seen.values, key: ABSENT}, seen.files, seen.wholes)
-        assert any(key in p for p in verdict(rnd, lost, fsynced))
-    assert BLOCK == 4096
+    # a fsynced version lost: the object back at its baseline (not among its later versions)
+    lost = [
+        (key, base)
+        for op in rnd.ops
+        if op.idx in fsynced
+        for key in op.syncs[:1]
+        if key.startswith("f:")
+        and (base := rnd.baseline.values.get(key, ABSENT)) != op.expect
+        and all(v != base for o in rnd.ops[op.idx :] for k, v in o.steps if k == key)
+    ]
+    assert lost
+    key, base = lost[0]
+    old = Observed({**seen.values, key: base}, seen.files, seen.wholes)
+    assert any(key in p and "fsynced at op" in p for p in verdict(rnd, old, fsynced))
