@@ -20,7 +20,7 @@ else
     daemon_root || die "cannot prepare $OB_RUN for the overlay daemon"
     debug_flag=
     [ -n "$OB_DEBUG" ] && debug_flag=--debug
-    set -- mount $debug_flag --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
+    set -- mount --root $debug_flag --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
         --work "${OB_WORKDIR#"$OB_RUN"}" --log /daemon.log /root
     if [ -n "${OB_STANDBY_PID:-}" ] && kill -0 "$OB_STANDBY_PID" 2>/dev/null; then
         # the process phase standby started: its arguments, one per line, written whole
@@ -38,11 +38,15 @@ else
         state daemon_start direct
     fi
     [ "$started" = 0 ] || die "the overlay daemon did not start (its log: $OB_RUN/daemon.log)"
+    # the chrooted daemon has no /proc: protect it from the OOM killer from here
+    daemon_pid=$(cat "$OB_RUN"/run/overlayboot/mounts/*.pid 2>/dev/null)
+    echo -1000 > "/proc/$daemon_pid/oom_score_adj" ||
+        log "WARNING: the overlay daemon (pid $daemon_pid) is not protected from the OOM killer"
     mount --move "$OB_RUN/root" /root || die "cannot move the overlay to /root"
     # a 1 MiB readahead window (FUSE starts at 128 KiB; the chrooted daemon has no /sys)
     dev=$(awk '$5 == "/root" { d = $3 } END { print d }' /proc/self/mountinfo)
     if [ -n "$dev" ]; then
         echo 1024 > "/sys/class/bdi/$dev/read_ahead_kb" || log "readahead of the root not set"
     fi
-    log "root: overlayboot (FUSE), daemon pid $(cat "$OB_RUN"/run/overlayboot/mounts/*.pid 2>/dev/null)"
+    log "root: overlayboot (FUSE), daemon pid $daemon_pid"
 fi

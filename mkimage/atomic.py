@@ -7,6 +7,7 @@ replaces ``dest``, otherwise it is removed and ``dest`` is left as it was.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from overlayboot.errors import OverlaybootError
+from overlayboot.fs import sysio
 
 
 class OutputError(OverlaybootError):
@@ -41,12 +43,42 @@ def atomic_output(dest: Path) -> Iterator[Path]:
     remove(tmp)
     try:
         yield tmp
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        if dest.is_dir() and not dest.is_symlink():
-            dest.rename(old)  # a directory cannot be renamed over a non-empty one
-        tmp.rename(dest)
-        remove(old)
+        replace(tmp, dest)
     except OSError as exc:
         raise OutputError(f"cannot write {dest}: {exc.strerror}") from exc
     finally:
         remove(tmp)
+
+
+def replace(new: Path, dest: Path) -> None:
+    """Put ``new`` in place of ``dest`` so that ``dest`` is at every moment either the
+    old or the new one. rename(2) cannot put a directory over a non-empty one, nor over
+    a file or a file over a directory: then the two are exchanged (``RENAME_EXCHANGE``)
+    and the old one, now at ``new``, is removed."""
+    if not os.path.lexists(dest) or not (_is_dir(dest) or _is_dir(new)):
+        new.rename(dest)
+        return
+    try:
+        sysio.renameat2(os.fsencode(new), os.fsencode(dest), sysio.RENAME_EXCHANGE)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        _replace_in_two_steps(new, dest)
+        return
+    remove(new)
+
+
+def _is_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _replace_in_two_steps(new: Path, dest: Path) -> None:
+    """Where the filesystem cannot exchange: move ``dest`` aside, and back on failure."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    dest.rename(old)
+    try:
+        new.rename(dest)
+    except BaseException:
+        old.rename(dest)
+        raise
+    remove(old)

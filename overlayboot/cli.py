@@ -91,6 +91,13 @@ def cli() -> None:
     help="At unmount, make every partial copy-up whole (kernel overlayfs format; "
     "-o seal_on_umount).",
 )
+@click.option(
+    "--root",
+    "as_root",
+    is_flag=True,
+    help="The overlay is the system's root filesystem: the daemon ignores SIGTERM, SIGINT and "
+    "SIGHUP (only umount ends it), is never picked by the OOM killer and locks its memory.",
+)
 @click.argument("args", nargs=-1, type=click.Path(path_type=Path))
 @domain_errors
 def mount_cmd(
@@ -106,6 +113,7 @@ def mount_cmd(
     chunk_threshold: str | None,
     chunk_size: str | None,
     seal_on_umount: bool,
+    as_root: bool,
     args: tuple[Path, ...],
 ) -> None:
     """Mount an overlay at MOUNTPOINT ([SOURCE] MOUNTPOINT, SOURCE is ignored as in mount -t)."""
@@ -148,7 +156,7 @@ def mount_cmd(
     mnt = check_mountpoint(mountpoint)
     from overlayboot.fs.daemon import serve
 
-    serve(cfg, mnt, foreground=foreground, log_file=log_file, debug=debug)
+    serve(cfg, mnt, foreground=foreground, log_file=log_file, debug=debug, as_root=as_root)
 
 
 @cli.command("umount")

@@ -15,16 +15,19 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
-from overlayboot.fs import seal
+from overlayboot.fs import seal, upperlock
 from overlayboot.fs.config import split_lowerdir
 
 Echo = Callable[[str], None]
 
 
 def _dir(path: Path, what: str) -> bytes:
-    if not path.is_dir():
-        raise ConfigError(f"{what} {path} is not a directory", "give the right path")
-    return os.fsencode(path.resolve())
+    try:
+        if not path.is_dir():
+            raise ConfigError(f"{what} {path} is not a directory", "give the right path")
+        return os.fsencode(path.resolve())
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror}", "check its permissions") from None
 
 
 def _lowers(lower: str | None) -> list[bytes] | None:
@@ -96,9 +99,22 @@ def _fail_if(bad: int, what: str) -> None:
         )
 
 
+def _walk(root: bytes, lowers: list[bytes] | None, *, seal_them: bool) -> list[seal.Finding]:
+    """Every partial copy-up of the upper at ``root``; a directory that cannot be read is
+    an UpperError naming it (nothing is sealed past it)."""
+    try:
+        return list(seal.walk(root, lowers, seal=seal_them))
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
+        raise UpperError(
+            f"cannot read {where}: {exc.strerror}",
+            "check the upper filesystem (fsck) and its permissions",
+        ) from None
+
+
 def check(upper: Path, lower: str | None, echo: Echo) -> None:
     """List the partial copy-ups; UpperError if any of them cannot be read."""
-    findings = list(seal.walk(_dir(upper, "upper dir"), _lowers(lower)))
+    findings = _walk(_dir(upper, "upper dir"), _lowers(lower), seal_them=False)
     bad = _report(findings, "partial", "PROBLEM", echo)
     echo(f"{len(findings)} partial copy-ups in {upper}, {bad} with a problem")
     _fail_if(bad, "cannot be read as they were written")
@@ -108,13 +124,17 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
     """Make every partial copy-up whole; UpperError if some could not be."""
     root = _dir(upper, "upper dir")
     lowers = _lowers(lower)
-    busy = users(root)
-    if busy:
-        raise ConfigError(
-            f"upper dir {upper} is in use by {', '.join(busy)}",
-            "unmount the overlay first, or mount it with --seal-on-umount",
-        )
-    findings = list(seal.walk(root, lowers, seal=True))
+    lock = upperlock.lock_upper(Path(os.fsdecode(root)))  # no daemon starts while sealing
+    try:
+        busy = users(root)
+        if busy:
+            raise ConfigError(
+                f"upper dir {upper} is in use by {', '.join(busy)}",
+                "unmount the overlay first, or mount it with --seal-on-umount",
+            )
+        findings = _walk(root, lowers, seal_them=True)
+    finally:
+        os.close(lock)
     bad = _report(findings, "sealed", "FAILED", echo)
     echo(f"{len(findings) - bad} partial copy-ups in {upper} made whole, {bad} left partial")
     _fail_if(bad, "could not be sealed")

@@ -33,7 +33,7 @@ from overlayboot.fs.chunkmap import (
     digest_of,
     sample_offsets,
 )
-from overlayboot.fs.copyup import copy_segments
+from overlayboot.fs.datacopy import copy_segments
 
 MAX_MAP_BYTES = 2048  # above this the map is compacted (it must fit an ext4 xattr block)
 MAX_PENDING = 256  # new chunks kept unrecorded at most ...
@@ -118,7 +118,7 @@ def _with_digest(ident: LowerIdentity, digest: bytes) -> LowerIdentity:
     )
 
 
-class Partial:
+class ChunkedFile:
     """One open partial file: an fd on the upper file, one on the lower, and the map.
 
     ``cmap`` is what reads and writes use, ``saved`` what the upper records;

@@ -183,21 +183,21 @@ class ChunkMap:
     # -- encoding --------------------------------------------------------------------
 
     def encode(self) -> bytes:
-        lw = self.lower
+        lower = self.lower
         head = _HEADER.pack(
             MAGIC,
             VERSION,
             self.shift,
-            lw.layer,
+            lower.layer,
             self.valid,
-            lw.size,
-            lw.ino,
-            lw.mtime_ns,
-            lw.digest,
-            len(lw.path),
-            len(lw.root),
+            lower.size,
+            lower.ino,
+            lower.mtime_ns,
+            lower.digest,
+            len(lower.path),
+            len(lower.root),
         )
-        out = bytearray(head + lw.path + lw.root)
+        out = bytearray(head + lower.path + lower.root)
         prev = 0
         for s, e in self.extents:
             _put_varint(out, s - prev)

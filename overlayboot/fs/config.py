@@ -150,34 +150,54 @@ def check_config(cfg: OverlayConfig) -> OverlayConfig:
     return replace(cfg, lowers=lowers, upper=upper, work=work)
 
 
+def _full(work: Path) -> ConfigError:
+    return ConfigError(
+        f"the upper filesystem at {work} is full (no free space or no free inodes)",
+        "free some space on it or make it larger",
+    )
+
+
 def _probe_upper_fs(work: Path, names: XattrNames) -> None:
-    """The upper filesystem must support xattrs in our namespace and d_type."""
+    """The upper filesystem must support xattrs in our namespace and d_type, and have room
+    for the daemon's own dirs."""
     probe_dir = work / f".overlayboot-probe-{uuid.uuid4().hex[:8]}"
     try:
         probe_dir.mkdir()
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ConfigError(f"the upper filesystem at {work} is full") from None
+            raise _full(work) from None
         raise ConfigError(f"cannot write in work dir {work}: {exc.strerror}") from None
     try:
-        try:
-            os.setxattr(probe_dir, f"{names.prefix}.overlayboot.probe", b"1")
-        except OSError as exc:
-            raise ConfigError(
-                f"the upper filesystem at {work} does not support {names.prefix}.* xattrs "
-                f"({exc.strerror})",
-                "use ext4, xfs, btrfs or tmpfs for the upper layer",
-            ) from None
-        (probe_dir / "f").touch()
-        if not sysio.dir_has_dtype(os.fsencode(probe_dir)):
-            raise ConfigError(
-                f"the upper filesystem at {work} does not report d_type",
-                "use ext4, xfs (ftype=1), btrfs or tmpfs for the upper layer",
-            )
+        _probe_in(probe_dir, work, names)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _full(work) from None
+        raise ConfigError(f"cannot write in work dir {work}: {exc.strerror}") from None
     finally:
         for child in probe_dir.iterdir():
             child.unlink()
         probe_dir.rmdir()
+
+
+def _probe_in(probe_dir: Path, work: Path, names: XattrNames) -> None:
+    try:
+        os.setxattr(probe_dir, f"{names.prefix}.overlayboot.probe", b"1")
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise ConfigError(
+            f"the upper filesystem at {work} does not support {names.prefix}.* xattrs "
+            f"({exc.strerror})",
+            "use ext4, xfs, btrfs or tmpfs for the upper layer",
+        ) from None
+    (probe_dir / "f").touch()
+    (probe_dir / "d").mkdir()  # the daemon needs two dirs of its own in work (scratch, index)
+    (probe_dir / "d").rmdir()
+    if not sysio.dir_has_dtype(os.fsencode(probe_dir)):
+        raise ConfigError(
+            f"the upper filesystem at {work} does not report d_type",
+            "use ext4, xfs (ftype=1), btrfs or tmpfs for the upper layer",
+        )
 
 
 def check_mountpoint(mnt: Path) -> Path:

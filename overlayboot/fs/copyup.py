@@ -15,82 +15,19 @@ import logging
 import os
 import shutil
 import stat
-from typing import TYPE_CHECKING
 
 import trio
 
+from overlayboot.fs.core import HardlinkMap, Overlay
+from overlayboot.fs.datacopy import copy_data
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.layers import split
-from overlayboot.fs.lookup import LowerRef, lookup
-from overlayboot.fs.whiteout import XattrNames, encode_origin, set_pending
-
-if TYPE_CHECKING:
-    from overlayboot.fs.core import Overlay
+from overlayboot.fs.lookup import LowerRef, Resolved, lookup
+from overlayboot.fs.whiteout import XattrNames, encode_origin, get_pending, set_pending
 
 log = logging.getLogger(__name__)
 
 THREAD_COPY_MIN = 1 << 20  # copy files at least this large in a worker thread
-CHUNK = 1 << 20
-
-
-def copy_data(src: bytes, dst_fd: int, size: int) -> None:
-    """Copy ``src`` into ``dst_fd`` keeping holes (SEEK_DATA/SEEK_HOLE)."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        copy_segments(fd, dst_fd, 0, size)
-        os.ftruncate(dst_fd, size)
-    finally:
-        os.close(fd)
-
-
-def copy_segments(src_fd: int, dst_fd: int, start: int, end: int) -> None:
-    """Copy the data in [start, end) of ``src_fd`` to the same offsets, skipping its holes."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(src_fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                break  # only a hole remains
-            if exc.errno != errno.EINVAL:
-                raise
-            data = pos  # no SEEK_DATA support: copy everything
-        if data >= end:
-            break
-        try:
-            hole = os.lseek(src_fd, data, os.SEEK_HOLE)
-        except OSError:
-            hole = end
-        _copy_range(src_fd, dst_fd, data, min(hole, end) - data)
-        pos = hole
-
-
-def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
-    end = offset + length
-    pos = offset
-    use_cfr = True
-    while pos < end:
-        n = min(CHUNK * 16, end - pos)
-        if use_cfr:
-            try:
-                done = os.copy_file_range(src_fd, dst_fd, n, pos, pos)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                    raise
-                use_cfr = False
-                continue
-            if done == 0:
-                break
-            pos += done
-        else:
-            buf = os.pread(src_fd, min(n, CHUNK), pos)
-            if not buf:
-                break
-            view = memoryview(buf)
-            while view:
-                w = os.pwrite(dst_fd, view, pos)
-                pos += w
-                view = view[w:]
 
 
 def copy_xattrs(src: bytes, dst: bytes, names: XattrNames) -> None:
@@ -127,8 +64,20 @@ def set_metadata(
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(path, stat.S_IMODE(st.st_mode))
     copy_xattrs(src, path, names)
-    os.setxattr(path, names.origin, encode_origin(*origin), follow_symlinks=False)
+    set_origin(path, st, names, origin)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def set_origin(path: bytes, st: os.stat_result, names: XattrNames, origin: tuple[int, int]) -> None:
+    """Record where a copy came from. ``user.`` xattrs are not allowed on symlinks and
+    special files (EPERM, for root too): without the namespace of root, such a copy goes
+    without its origin (its inode number then comes from the upper, as kernel overlayfs'
+    ``userxattr`` mode has no origin either)."""
+    try:
+        os.setxattr(path, names.origin, encode_origin(*origin), follow_symlinks=False)
+    except PermissionError:
+        if names.prefix != "user" or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+            raise
 
 
 class KeepTimes:
@@ -157,7 +106,7 @@ def remove_tmp(path: bytes) -> None:
 
 
 async def build_copy(
-    ov: Overlay,
+    overlay: Overlay,
     src: bytes,
     st: os.stat_result,
     origin: tuple[int, int],
@@ -172,14 +121,14 @@ async def build_copy(
     """
     mode = st.st_mode
     if stat.S_ISDIR(mode):
-        return copy_dir_sync(ov, src, st, origin)
-    tmp = ov.tmp_path()
+        return copy_dir_sync(overlay, src, st, origin)
+    tmp = overlay.tmp_path()
     try:
         if stat.S_ISREG(mode):
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 size = st.st_size if data else 0
-                if size and lower is not None and ov.partials.start(fd, src, st, lower):
+                if size and lower is not None and overlay.partials.start(fd, src, st, lower):
                     pass  # partial: no data yet, each chunk comes up when first written
                 elif size >= THREAD_COPY_MIN:
                     await trio.to_thread.run_sync(copy_data, src, fd, size)
@@ -192,36 +141,36 @@ async def build_copy(
             os.symlink(os.readlink(src), tmp)
         else:
             os.mknod(tmp, mode, st.st_rdev)
-        set_metadata(src, tmp, st, ov.names, origin)
+        set_metadata(src, tmp, st, overlay.names, origin)
     except BaseException:
         remove_tmp(tmp)
         raise
     return tmp
 
 
-async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
-    """Make ``node`` exist in the upper. Caller holds ``ov.lock``.
+async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
+    """Make ``node`` exist in the upper. Caller holds ``overlay.lock``.
 
     ``data=False`` skips the file contents (for an open with O_TRUNC or a
     truncate to 0, where they would be thrown away at once).
     """
-    if ov.has_upper(node):
+    if overlay.has_upper(node):
         return
     parent = node.parent
     if parent is None:
         raise OSError(errno.ENOENT, "unlinked")
-    await copy_up(ov, parent)
-    dst = ov.upper_path(node)
+    await copy_up(overlay, parent)
+    dst = overlay.upper_path(node)
     if node.is_dir and _upper_is_dir(dst):
         node.upper = True
         return
-    src = ov.lower_path(node)
+    src = overlay.lower_path(node)
     st = os.lstat(src)
     idx, rel = node.lowers[0]
-    lower_ino = ov.layers[idx].lstat(rel).st_ino
-    tmp = await build_copy(ov, src, st, (idx, lower_ino), data=data, lower=(idx, rel))
+    lower_ino = overlay.layers[idx].lstat(rel).st_ino
+    tmp = await build_copy(overlay, src, st, (idx, lower_ino), data=data, lower=(idx, rel))
     try:
-        parent_times = KeepTimes(ov.upper_path(parent))
+        parent_times = KeepTimes(overlay.upper_path(parent))
         os.rename(tmp, dst)
     except BaseException:
         remove_tmp(tmp)
@@ -230,17 +179,17 @@ async def copy_up(ov: Overlay, node: Node, *, data: bool = True) -> None:
     node.upper = True
     if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
         try:
-            os.link(dst, ov.index_path(idx, lower_ino))
+            os.link(dst, overlay.index_path(idx, lower_ino))
         except FileExistsError:
             pass
         try:
-            link_siblings(ov, idx, lower_ino, dst)
+            await link_siblings(overlay, idx, lower_ino, dst)
         except OSError as exc:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)
         # the names left in the lower (under a renamed directory, say) still count, as
         # overlayfs' index=on counts them; each is linked up at its first lookup
         linked = os.lstat(dst).st_nlink - 1  # the index entry is not a name
-        set_pending(dst, ov.names, st.st_nlink - linked)
+        set_pending(dst, overlay.names, st.st_nlink - linked)
 
 
 def _upper_is_dir(path: bytes) -> bool:
@@ -250,13 +199,9 @@ def _upper_is_dir(path: bytes) -> bool:
         return False
 
 
-def hardlink_map(ov: Overlay, idx: int) -> dict[int, list[bytes]]:
-    """inode -> paths of the multiply-linked files of lower layer ``idx`` (built once)."""
-    found = ov.hardlink_maps.get(idx)
-    if found is not None:
-        return found
-    result: dict[int, list[bytes]] = {}
-    root = ov.layers[idx].root
+def scan_hardlinks(root: bytes) -> HardlinkMap:
+    """inode -> paths of the multiply-linked regular files under ``root`` (a whole walk)."""
+    result: HardlinkMap = {}
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(dirpath, name)
@@ -266,19 +211,28 @@ def hardlink_map(ov: Overlay, idx: int) -> dict[int, list[bytes]]:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 result.setdefault(st.st_ino, []).append(os.path.relpath(path, root))
-    ov.hardlink_maps[idx] = result
     return result
 
 
-def link_siblings(ov: Overlay, idx: int, ino: int, upper_file: bytes) -> None:
+async def hardlink_map(overlay: Overlay, idx: int) -> HardlinkMap:
+    """The hard links of lower layer ``idx``, built once, in a worker thread: the walk
+    reads the whole layer, and the request loop must go on serving meanwhile."""
+    found = overlay.hardlink_map(idx)
+    if found is None:
+        found = await trio.to_thread.run_sync(scan_hardlinks, overlay.layers[idx].root)
+        overlay.remember_hardlink_map(idx, found)
+    return found
+
+
+async def link_siblings(overlay: Overlay, idx: int, ino: int, upper_file: bytes) -> None:
     """Link the other visible names of a copied-up lower hard link to its upper copy."""
-    for other in hardlink_map(ov, idx).get(ino, []):
+    for other in (await hardlink_map(overlay, idx)).get(ino, []):
         # the name just copied up (whichever it was) is found in the upper and skipped
         parent_rel, name = split(other)
-        parent_upper = ensure_upper_dirs(ov, parent_rel)
+        parent_upper = ensure_upper_dirs(overlay, parent_rel)
         if parent_upper is None:
             continue
-        res = lookup(ov.layers, ov.names, parent_upper[0], parent_upper[1], name)
+        res = lookup(overlay.layers, overlay.names, parent_upper[0], parent_upper[1], name)
         if res is None or res.upper is not None or res.is_dir or res.lowers != ((idx, other),):
             continue  # that name is deleted, replaced or not the same file in the merged view
         times = KeepTimes(parent_upper[0])
@@ -286,42 +240,94 @@ def link_siblings(ov: Overlay, idx: int, ino: int, upper_file: bytes) -> None:
         times.restore()
 
 
+def link_pending(
+    overlay: Overlay, parent: Node, name: bytes, res: Resolved, index: bytes
+) -> Resolved:
+    """Link ``parent/name``, a lower name of a hard link whose copy is already up (its
+    index entry ``index``), to that copy. Caller holds ``overlay.lock``.
+
+    Other names of the same lower file are linked at copy-up when they can be found; a
+    name that could not (under a renamed directory, say) is linked here, at its first
+    lookup, through the index.
+    """
+    parent_rel = parent.path()
+    if parent_rel is None or ensure_upper_dirs(overlay, parent_rel) is None:
+        return res
+    parent_upper = overlay.upper_path(parent)
+    times = KeepTimes(parent_upper)
+    os.link(index, parent_upper + b"/" + name)
+    times.restore()
+    set_pending(index, overlay.names, get_pending(index, overlay.names) - 1)
+    parent.upper = True
+    again = overlay.resolve(parent, name)
+    return again if again is not None else res
+
+
+async def child(overlay: Overlay, parent: Node, name: bytes, *, locked: bool) -> Node | None:
+    """Resolve ``parent/name`` to a node (created or refreshed), None if absent.
+
+    A pending hard-link name is linked up first (``link_pending``): under the lock,
+    taken here unless the caller holds it (``locked``).
+    """
+    res = overlay.resolve(parent, name)
+    if res is None:
+        return None
+    index = overlay.pending_link(res)
+    if index is not None:
+        if locked:
+            res = link_pending(overlay, parent, name, res, index)
+        else:
+            async with overlay.lock:
+                return await child(overlay, parent, name, locked=True)
+    return overlay.node_from(parent, name, res)
+
+
+async def require_child(overlay: Overlay, parent: Node, name: bytes) -> Node:
+    """``child`` for a caller holding the lock; ENOENT if absent."""
+    node = await child(overlay, parent, name, locked=True)
+    if node is None:
+        raise OSError(errno.ENOENT, "no such entry")
+    return node
+
+
 def ensure_upper_dirs(
-    ov: Overlay, rel: bytes
+    overlay: Overlay, rel: bytes
 ) -> tuple[bytes, tuple[tuple[int, bytes], ...]] | None:
     """Copy up the merged directory at ``rel`` (and its parents), walking by path.
 
     Returns (its upper path, its lower stack), or None if it is not a visible
     directory in the merged view.
     """
-    upper = ov.upper_root
-    lowers = ov.table.root.lowers
+    upper = overlay.upper_root
+    lowers = overlay.table.root.lowers
     if not rel:
         return upper, lowers
     for part in rel.split(b"/"):
-        res = lookup(ov.layers, ov.names, upper, lowers, part)
+        res = lookup(overlay.layers, overlay.names, upper, lowers, part)
         if res is None or not res.is_dir:
             return None
         child = upper + b"/" + part
         if res.upper is None:
             src_idx, src_rel = res.lowers[0]
-            src = ov.layers[src_idx].path(src_rel)
+            src = overlay.layers[src_idx].path(src_rel)
             st = os.lstat(src)
-            tmp = copy_dir_sync(ov, src, st, (src_idx, st.st_ino))
+            tmp = copy_dir_sync(overlay, src, st, (src_idx, st.st_ino))
             times = KeepTimes(upper)
             os.rename(tmp, child)
             times.restore()
-            ov.path_copyups += 1
+            overlay.note_dir_copied_by_path()
         upper, lowers = child, res.lowers
     return upper, lowers
 
 
-def copy_dir_sync(ov: Overlay, src: bytes, st: os.stat_result, origin: tuple[int, int]) -> bytes:
+def copy_dir_sync(
+    overlay: Overlay, src: bytes, st: os.stat_result, origin: tuple[int, int]
+) -> bytes:
     """Build a copy of lower directory ``src`` (not its entries: they stay merged) in work."""
-    tmp = ov.tmp_path()
+    tmp = overlay.tmp_path()
     try:
         os.mkdir(tmp, 0o700)
-        set_metadata(src, tmp, st, ov.names, origin)
+        set_metadata(src, tmp, st, overlay.names, origin)
     except BaseException:
         remove_tmp(tmp)
         raise

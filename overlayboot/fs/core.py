@@ -27,9 +27,12 @@ from overlayboot.fs.inodes import (
 )
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
-from overlayboot.fs.partials import Partials
+from overlayboot.fs.partials import PartialCopyUps
 from overlayboot.fs.readdir import merged_names
-from overlayboot.fs.whiteout import decode_origin, get_pending, getxattr, set_pending
+from overlayboot.fs.whiteout import decode_origin, get_pending, getxattr
+
+HardlinkMap = dict[int, list[bytes]]
+"""Lower inode number -> the paths (relative to the layer) of that multiply-linked file."""
 
 
 class FastLock:
@@ -74,12 +77,14 @@ class Overlay:
         self.table = InodeTable()
         self.lock = FastLock()
         self._tmp_seq = 0
-        self.path_copyups = 0  # bumped when a copy-up creates upper dirs for nodes it did not see
+        # set once a copy-up by path (copyup.ensure_upper_dirs) made upper dirs for nodes it
+        # did not see: from then on a node without ``upper`` may have one
+        self.dirs_copied_by_path = False
         root = self.table.root
         root.upper = True
         root.lowers = tuple((i, b"") for i in range(len(self.layers)))
-        self.hardlink_maps: dict[int, dict[int, list[bytes]]] = {}
-        self.partials = Partials(cfg.copy_up, cfg.xattrs, self.layers, self.upper_root)
+        self._hardlink_maps: dict[int, HardlinkMap] = {}
+        self.partials = PartialCopyUps(cfg.copy_up, cfg.xattrs, self.layers, self.upper_root)
         # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
         # unmounts what it can, and an idle lower or upper would go from under the root.
         self._pins = [
@@ -107,6 +112,16 @@ class Overlay:
                         os.unlink(path)
                     except OSError:
                         pass
+
+    def note_dir_copied_by_path(self) -> None:
+        self.dirs_copied_by_path = True
+
+    def hardlink_map(self, layer: int) -> HardlinkMap | None:
+        """The multiply-linked files of lower layer ``layer``, once ``copyup`` built it."""
+        return self._hardlink_maps.get(layer)
+
+    def remember_hardlink_map(self, layer: int, found: HardlinkMap) -> None:
+        self._hardlink_maps[layer] = found
 
     def tmp_path(self) -> bytes:
         self._tmp_seq += 1
@@ -137,7 +152,7 @@ class Overlay:
 
     def has_upper(self, node: Node) -> bool:
         """``node.upper``, refreshed if a path-based copy-up may have created it."""
-        if not node.upper and self.path_copyups and node.is_dir:
+        if not node.upper and self.dirs_copied_by_path and node.is_dir:
             try:
                 if stat.S_ISDIR(os.lstat(self.upper_path(node)).st_mode):
                     node.upper = True
@@ -165,17 +180,12 @@ class Overlay:
         idx, rel = res.lowers[0]
         return make_ino(lower_tag(idx), self.layers[idx].lstat(rel).st_ino)
 
-    def child(self, parent: Node, name: bytes) -> Node | None:
-        """Resolve ``parent/name`` to a node (created or refreshed), None if absent."""
-        res = self.resolve(parent, name)
-        if res is None:
-            return None
-        if res.upper is None and not res.is_dir:
-            res = self._link_up(parent, name, res)
+    def node_from(self, parent: Node, name: bytes, res: Resolved) -> Node:
+        """The node (created or refreshed) that ``parent/name``, resolved as ``res``, names."""
         upath = self.upper_child(parent, name) if res.upper is not None else b""
         ino = self.ino_of(res, upath)
         node = self.table.node_for(ino, res.is_dir, parent, name)
-        self.apply(node, res)
+        self.refresh_node(node, res)
         return node
 
     def adopt_new(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
@@ -183,53 +193,33 @@ class Overlay:
         so no origin, no lower stack, its number from the upper inode (as ``ino_of``)."""
         is_dir = stat.S_ISDIR(st.st_mode)
         node = self.table.node_for(make_ino(TAG_UPPER, st.st_ino), is_dir, parent, name)
-        self.apply(node, Resolved(is_dir, st, ()))
+        self.refresh_node(node, Resolved(is_dir, st, ()))
         return node
 
     def index_path(self, layer: int, ino: int) -> bytes:
         """Where the upper copy of a multiply-linked lower file is indexed (see copyup)."""
         return b"%s/index/%d-%d" % (self.scratch, layer, ino)
 
-    def _link_up(self, parent: Node, name: bytes, res: Resolved) -> Resolved:
-        """A lower name of a hard link whose copy is already up: link it to that copy.
-
-        Other names of the same lower file are linked at copy-up when they can be
-        found; a name that could not (under a renamed directory, say) is linked
-        here, at its first lookup, through the index.
-        """
+    def pending_link(self, res: Resolved) -> bytes | None:
+        """The index entry of the upper copy that the lower file ``res`` shows already has
+        (a name of a multiply-linked lower file not linked up yet), else None. Read only:
+        ``copyup.link_pending`` links the name, under the lock."""
+        if res.upper is not None or res.is_dir:
+            return None
         idx, rel = res.lowers[0]
         st = self.layers[idx].lstat(rel)
         if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
-            return res
+            return None
         index = self.index_path(idx, st.st_ino)
-        if not os.path.exists(index):
-            return res
-        from overlayboot.fs.copyup import KeepTimes, ensure_upper_dirs
+        return index if os.path.lexists(index) else None
 
-        parent_rel = parent.path()
-        if parent_rel is None or ensure_upper_dirs(self, parent_rel) is None:
-            return res
-        parent_upper = self.upper_path(parent)
-        times = KeepTimes(parent_upper)
-        os.link(index, parent_upper + b"/" + name)
-        times.restore()
-        set_pending(index, self.names, get_pending(index, self.names) - 1)
-        parent.upper = True
-        again = self.resolve(parent, name)
-        return again if again is not None else res
-
-    def apply(self, node: Node, res: Resolved) -> None:
+    def refresh_node(self, node: Node, res: Resolved) -> None:
+        """Record in ``node`` where it lives now, as a fresh lookup found it."""
         node.upper = res.upper is not None
         if node.is_dir or not node.upper or not node.lowers:
             node.lowers = res.lowers
         node.opaque = res.opaque
         node.redirect = res.redirect
-
-    def require_child(self, parent: Node, name: bytes) -> Node:
-        node = self.child(parent, name)
-        if node is None:
-            raise OSError(errno.ENOENT, "no such entry")
-        return node
 
     def node(self, ino: int) -> Node:
         node = self.table.get(ino)
@@ -242,6 +232,10 @@ class Overlay:
     def stat(self, node: Node, upper_st: os.stat_result | None = None) -> Stat:
         """The node's attributes; ``upper_st``: its upper lstat when the caller has it."""
         blocks = None
+        if node.removed_stat is not None and node.path() is None:
+            # removed or replaced, still open: a pure upper directory is gone (no link
+            # left); one with a lower part counts one link, as kernel overlayfs says
+            return Stat(node.ino, node.removed_stat, 1 if node.lowers else 0)
         if node.upper:
             path = self.upper_path(node)
             st = upper_st if upper_st is not None else os.lstat(path)

@@ -14,6 +14,7 @@ aliases for hard links), whether the upper has it, and its lower merge stack.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 
 from overlayboot.fs.lookup import LowerRef
@@ -49,6 +50,7 @@ class Node:
         "opaque",
         "parent",
         "redirect",
+        "removed_stat",
         "upper",
     )
 
@@ -66,6 +68,8 @@ class Node:
         self.nchildren = 0
         self.handles = 0
         self.dead = False  # its upper object is gone: the number may be recycled
+        # a removed directory's last attributes (an open fd's fstat shows them, nlink 0)
+        self.removed_stat: os.stat_result | None = None
 
     def __repr__(self) -> str:
         return f"<Node {self.ino:#x} {self.path()!r} upper={self.upper} lowers={self.lowers}>"

@@ -22,6 +22,10 @@ from overlayboot.fs.whiteout import (
     opaque_value,
 )
 
+STAT_CACHE_MAX = 200_000
+"""lstat results kept per lower layer (about 50 MB at most): the daemon of a root must not
+grow without bound while something walks the whole image."""
+
 
 def join(parent: bytes, name: bytes) -> bytes:
     """Join relative paths (``b""`` is the layer root)."""
@@ -121,7 +125,7 @@ class LowerLayer:
         st = self._stats.get(rel)
         if st is None:
             st = os.lstat(self.path(rel))
-            if len(self._stats) > 1_000_000:
+            if len(self._stats) > STAT_CACHE_MAX:
                 self._stats.clear()
             self._stats[rel] = st
         return st

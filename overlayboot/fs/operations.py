@@ -1,16 +1,18 @@
 """The FUSE request handlers: the only module that imports pyfuse3.
 
-Each handler is a thin adapter from a FUSE request to the overlay (``core``,
-``copyup``, ``dirops``). None lets an exception escape: an ``OSError`` becomes
-its errno, anything else is logged (with the word INTERNAL) and answered EIO.
-The daemon is the root filesystem; if it dies, the machine dies.
+Each handler only translates: a FUSE request becomes a call of the module of its
+kind (``copyup.child`` for lookups, ``attrs`` for attributes and xattrs,
+``dirops`` for changes of the namespace, ``files`` for open files, ``core`` for
+listings), taking the overlay's lock where the call changes the upper, and the
+result becomes a FUSE reply. None lets an exception escape: an ``OSError``
+becomes its errno, anything else is logged (with the word INTERNAL) and answered
+EIO. The daemon is the root filesystem; if it dies, the machine dies.
 """
 
 from __future__ import annotations
 
 import errno
 import functools
-import itertools
 import logging
 import os
 import stat
@@ -21,18 +23,16 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from overlayboot.fs import dirops
-from overlayboot.fs.chunked import Partial
-from overlayboot.fs.copyup import copy_up
-from overlayboot.fs.core import Overlay
+from overlayboot.fs import attrs, dirops
+from overlayboot.fs.copyup import child
+from overlayboot.fs.core import Overlay, Stat
+from overlayboot.fs.files import OpenFiles
 from overlayboot.fs.inodes import Node
 
 log = logging.getLogger("overlayboot.fs")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-OPEN_PASS_FLAGS = os.O_SYNC | os.O_DSYNC
 
 
 def guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -58,21 +58,6 @@ def guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
     return wrapper
 
 
-@dataclass
-class FileHandle:
-    """An open file: its real fd, and whether that fd is on the upper layer.
-
-    ``partial``: the file is a partial copy-up, read and written through it.
-    """
-
-    node: Node
-    fd: int
-    upper: bool
-    writable: bool
-    partial: Partial | None = None
-    sync: bool = False
-
-
 DIR_CACHE = hasattr(pyfuse3.FileInfo, "cache_readdir")
 """Whether this pyfuse3 lets opendir set FOPEN_CACHE_DIR (the build the Makefile makes does;
 see third_party/pyfuse3): without it every readdir goes to the daemon."""
@@ -93,66 +78,60 @@ class OverlayOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, ov: Overlay) -> None:
+    def __init__(self, overlay: Overlay) -> None:
         super().__init__()
-        self.ov = ov
-        self.files: dict[int, FileHandle] = {}
+        self.overlay = overlay
+        self.files = OpenFiles(overlay)
         self.dirs: dict[int, DirHandle] = {}
-        self._fh = itertools.count(1)
-        self.timeout = ov.cfg.timeout
+        self.timeout = overlay.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
 
     def init(self) -> None:
         self.initialized.set()
 
-    # ------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ replies
 
-    def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+    def _attributes(self, node: Node, upper_st: os.stat_result | None = None) -> Stat:
         try:
-            s = self.ov.stat(node, upper_st)
-            st, nlink, blocks = s.st, s.nlink, s.blocks
+            return self.overlay.stat(node, upper_st)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            handle = self._any_handle(node)
+            handle = self.files.of_node(node)
             if handle is None:
                 raise
-            st = os.fstat(handle.fd)
-            nlink, blocks = st.st_nlink, None
+            st = os.fstat(handle.fd)  # unlinked, still open
+            return Stat(node.ino, st, st.st_nlink)
+
+    def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
+        found = self._attributes(node, upper_st)
+        st = found.st
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
         e.entry_timeout = self.timeout
         e.attr_timeout = self.timeout
         e.st_mode = st.st_mode
-        e.st_nlink = nlink
+        e.st_nlink = found.nlink
         e.st_uid = st.st_uid
         e.st_gid = st.st_gid
         e.st_rdev = st.st_rdev
         e.st_size = st.st_size
         e.st_blksize = st.st_blksize
-        e.st_blocks = st.st_blocks if blocks is None else blocks
+        e.st_blocks = st.st_blocks if found.blocks is None else found.blocks
         e.st_atime_ns = st.st_atime_ns
         e.st_mtime_ns = st.st_mtime_ns
         e.st_ctime_ns = st.st_ctime_ns
         return e
 
-    def _any_handle(self, node: Node) -> FileHandle | None:
-        for h in self.files.values():
-            if h.node is node:
-                return h
-        return None
-
     def _lookup_ref(
         self, node: Node, upper_st: os.stat_result | None = None
     ) -> pyfuse3.EntryAttributes:
+        """An entry reply: the kernel holds one more lookup reference to ``node``."""
         entry = self._entry(node, upper_st)
         node.nlookup += 1
         return entry
-
-    def _new_fh(self) -> int:
-        return next(self._fh)
 
     # ------------------------------------------------------------ lookup & attributes
 
@@ -160,12 +139,12 @@ class OverlayOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.ov.node(parent_inode)
+        parent = self.overlay.node(parent_inode)
         if name == b".":
             return self._lookup_ref(parent)
         if name == b"..":
             return self._lookup_ref(parent.parent or parent)
-        node = self.ov.child(parent, name)
+        node = await child(self.overlay, parent, name, locked=False)
         if node is None:
             # a negative entry the kernel may cache (st_ino 0): names appear only through
             # requests it sends us (PATH and library searches stop asking)
@@ -179,13 +158,13 @@ class OverlayOperations(pyfuse3.Operations):
         # forget has no reply: it must never raise, not even a FUSEError
         for ino, count in inode_list:
             try:
-                self.ov.table.forget(ino, count)
+                self.overlay.table.forget(ino, count)
             except Exception:
                 log.exception("INTERNAL: forget(%#x, %d)", ino, count)
 
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self._entry(self.ov.node(inode))
+        return self._entry(self.overlay.node(inode))
 
     @guarded
     async def setattr(
@@ -196,61 +175,31 @@ class OverlayOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        ov = self.ov
-        node = ov.node(inode)
-        if not (
-            fields.update_uid
-            or fields.update_gid
-            or fields.update_mode
-            or fields.update_size
-            or fields.update_atime
-            or fields.update_mtime
-        ):
+        node = self.overlay.node(inode)
+        want = attrs.AttrChange(
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            size=attr.st_size if fields.update_size else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        if want.is_empty():
             return self._entry(node)
-        async with ov.lock:
-            truncating = fields.update_size and attr.st_size == 0
-            await copy_up(ov, node, data=not truncating)
-            handle = self.files.get(fh) if fh is not None else None
-            try:
-                path: bytes | int = ov.upper_path(node)
-            except OSError:
-                if handle is None:
-                    raise
-                path = handle.fd
-            is_link = not node.is_dir and isinstance(path, bytes) and os.path.islink(path)
-            if fields.update_uid or fields.update_gid:
-                uid = attr.st_uid if fields.update_uid else -1
-                gid = attr.st_gid if fields.update_gid else -1
-                if isinstance(path, bytes):
-                    os.chown(path, uid, gid, follow_symlinks=False)
-                else:
-                    os.fchown(path, uid, gid)
-            if fields.update_mode and not is_link:
-                os.chmod(path, stat.S_IMODE(attr.st_mode))
-            if fields.update_size:
-                if handle is not None and handle.upper and handle.writable:
-                    os.ftruncate(handle.fd, attr.st_size)
-                    ov.partials.truncated(handle.fd, attr.st_size)
-                else:
-                    os.truncate(path, attr.st_size)
-                    ov.partials.truncated(path, attr.st_size)
-            if fields.update_atime or fields.update_mtime:
-                cur = os.lstat(path) if isinstance(path, bytes) else os.fstat(path)
-                atime = attr.st_atime_ns if fields.update_atime else cur.st_atime_ns
-                mtime = attr.st_mtime_ns if fields.update_mtime else cur.st_mtime_ns
-                if isinstance(path, bytes):
-                    os.utime(path, ns=(atime, mtime), follow_symlinks=False)
-                else:
-                    os.utime(path, ns=(atime, mtime))
+        handle = self.files.handles.get(fh) if fh is not None else None
+        upper_fd = handle.fd if handle is not None and handle.upper else None
+        async with self.overlay.lock:
+            writable = handle is not None and handle.writable
+            await attrs.change(self.overlay, node, want, upper_fd, writable)
             return self._entry(node)
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.readlink(self.ov.real_path(self.ov.node(inode)))
+        return os.readlink(self.overlay.real_path(self.overlay.node(inode)))
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        sv = os.statvfs(self.ov.upper_root)
+        sv = os.statvfs(self.overlay.upper_root)
         out = pyfuse3.StatvfsData()
         out.f_bsize = sv.f_bsize
         out.f_frsize = sv.f_frsize
@@ -265,57 +214,40 @@ class OverlayOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ creating entries
 
-    async def _make(
+    async def _create(
         self,
         parent_inode: int,
         name: bytes,
         mode: int,
         ctx: pyfuse3.RequestContext,
-        build: Callable[[bytes, int, int, int], None],
-    ) -> pyfuse3.EntryAttributes:
-        ov = self.ov
-        parent = ov.node(parent_inode)
-        async with ov.lock:
-            await copy_up(ov, parent)
-            uid, gid, mode = dirops.new_owner(ov, parent, ctx.uid, ctx.gid, mode)
-
-            def make(tmp: bytes) -> None:
-                build(tmp, mode, uid, gid)
-
-            st = await dirops.install(ov, parent, name, make, is_dir=stat.S_ISDIR(mode))
-            return self._lookup_ref(ov.adopt_new(parent, name, st), st)
+        build: dirops.Builder,
+    ) -> tuple[Node, pyfuse3.EntryAttributes]:
+        overlay = self.overlay
+        parent = overlay.node(parent_inode)
+        async with overlay.lock:
+            node, st = await dirops.create(overlay, parent, name, mode, (ctx.uid, ctx.gid), build)
+            return node, self._lookup_ref(node, st)
 
     @guarded
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-            os.mknod(tmp, mode, rdev)
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, stat.S_IMODE(mode))
-
-        return await self._make(parent_inode, name, mode, ctx, build)
+        build = dirops.device_builder(rdev)
+        return (await self._create(parent_inode, name, mode, ctx, build))[1]
 
     @guarded
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-            os.mkdir(tmp, 0o700)
-            os.chown(tmp, uid, gid)
-            os.chmod(tmp, stat.S_IMODE(mode))
-
-        return await self._make(parent_inode, name, stat.S_IFDIR | mode, ctx, build)
+        mode |= stat.S_IFDIR
+        return (await self._create(parent_inode, name, mode, ctx, dirops.build_dir))[1]
 
     @guarded
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-            os.symlink(target, tmp)
-            os.chown(tmp, uid, gid, follow_symlinks=False)
-
-        return await self._make(parent_inode, name, stat.S_IFLNK | 0o777, ctx, build)
+        build = dirops.symlink_builder(target)
+        return (await self._create(parent_inode, name, stat.S_IFLNK | 0o777, ctx, build))[1]
 
     @guarded
     async def create(
@@ -326,56 +258,54 @@ class OverlayOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        ov = self.ov
-        fds: list[int] = []
-
-        def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            fds.append(fd)
-            os.fchown(fd, uid, gid)
-            os.fchmod(fd, stat.S_IMODE(mode))
-
+        opened: list[int] = []
+        build = dirops.file_builder(opened)
         try:
-            entry = await self._make(parent_inode, name, stat.S_IFREG | mode, ctx, build)
+            node, entry = await self._create(parent_inode, name, stat.S_IFREG | mode, ctx, build)
         except BaseException as exc:
-            for fd in fds:
+            for fd in opened:
                 os.close(fd)
             # the kernel sends CREATE for a name it believes absent; should it be there
             # after all, open it as open(2) without O_EXCL would
             if not isinstance(exc, OSError) or exc.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise
-            existing = ov.require_child(ov.node(parent_inode), name)
-            return await self._open_node(existing, flags), self._lookup_ref(existing)
-        node = ov.node(entry.st_ino)
-        fh = self._new_fh()
-        self.files[fh] = FileHandle(node, fds[0], True, True)
-        node.handles += 1
+            return await self._open_existing(parent_inode, name, flags)
+        fh = self.files.adopt_created(node, opened[0])
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
+
+    async def _open_existing(
+        self, parent_inode: int, name: bytes, flags: int
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = await child(self.overlay, self.overlay.node(parent_inode), name, locked=False)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        fh = await self.files.open(node, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._lookup_ref(node)
 
     @guarded
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        ov = self.ov
-        node = ov.node(inode)
-        parent = ov.node(new_parent_inode)
-        async with ov.lock:
-            await dirops.link(ov, node, parent, new_name)
+        overlay = self.overlay
+        node = overlay.node(inode)
+        parent = overlay.node(new_parent_inode)
+        async with overlay.lock:
+            await dirops.link(overlay, node, parent, new_name)
             return self._lookup_ref(node)
 
     # ------------------------------------------------------------ removing and renaming
 
     @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ov = self.ov
-        async with ov.lock:
-            await dirops.unlink(ov, ov.node(parent_inode), name)
+        overlay = self.overlay
+        async with overlay.lock:
+            await dirops.unlink(overlay, overlay.node(parent_inode), name)
 
     @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        ov = self.ov
-        async with ov.lock:
-            await dirops.rmdir(ov, ov.node(parent_inode), name)
+        overlay = self.overlay
+        async with overlay.lock:
+            await dirops.rmdir(overlay, overlay.node(parent_inode), name)
 
     @guarded
     async def rename(
@@ -387,88 +317,26 @@ class OverlayOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        ov = self.ov
-        async with ov.lock:
-            await dirops.rename(
-                ov,
-                ov.node(parent_inode_old),
-                name_old,
-                ov.node(parent_inode_new),
-                name_new,
-                flags,
-            )
+        overlay = self.overlay
+        old_parent = overlay.node(parent_inode_old)
+        new_parent = overlay.node(parent_inode_new)
+        async with overlay.lock:
+            await dirops.rename(overlay, old_parent, name_old, new_parent, name_new, flags)
 
     # ------------------------------------------------------------ files
 
-    def _partial_of(self, fd: int, path: bytes) -> Partial | None:
-        """The partial copy-up behind ``fd``, an upper file just opened (closed on failure)."""
-        try:
-            return self.ov.partials.acquire(fd, path)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    async def _open_node(self, node: Node, flags: int) -> pyfuse3.FileInfo:
-        ov = self.ov
-        if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
-        trunc = bool(flags & os.O_TRUNC)
-        if (writable or trunc) and not node.upper:
-            async with ov.lock:
-                await copy_up(ov, node, data=not trunc)
-        extra = flags & OPEN_PASS_FLAGS
-        sync = bool(extra)
-        partial = None
-        if node.upper:
-            mode = os.O_RDWR if writable else os.O_RDONLY
-            if trunc:
-                extra |= os.O_TRUNC  # Linux truncates even with O_RDONLY
-            path = ov.upper_path(node)
-            fd = os.open(path, mode | extra | os.O_NOFOLLOW)
-            partial = self._partial_of(fd, path)
-        else:
-            fd = os.open(ov.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
-        fh = self._new_fh()
-        self.files[fh] = FileHandle(node, fd, node.upper, writable, partial, sync)
-        node.handles += 1
+    @guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        fh = await self.files.open(self.overlay.node(inode), flags)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @guarded
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return await self._open_node(self.ov.node(inode), flags)
-
-    def _handle(self, fh: int) -> FileHandle:
-        h = self.files.get(fh)
-        if h is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        if not h.upper and h.node.upper:
-            # copied up since it was opened: read the upper copy from now on
-            try:
-                path = self.ov.upper_path(h.node)
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                return h
-            h.partial = self._partial_of(fd, path)
-            os.close(h.fd)
-            h.fd, h.upper = fd, True
-        return h
-
-    @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        h = self._handle(fh)
-        if h.partial is not None:
-            return h.partial.read(off, size)
-        return os.pread(h.fd, size, off)
+        return self.files.read(fh, off, size)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        h = self._handle(fh)
-        if not h.upper:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        if h.partial is not None:
-            return h.partial.write(h.fd, off, buf, sync=h.sync)
-        return os.pwrite(h.fd, buf, off)
+        return self.files.write(fh, off, buf)
 
     # No flush handler: the kernel then stops sending FLUSH at every close (a third of the
     # requests of an open-read-close). A partial copy-up records its map at release, which
@@ -476,31 +344,20 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def release(self, fh: int) -> None:
-        h = self.files.pop(fh, None)
-        if h is None:
-            return
-        os.close(h.fd)
-        h.node.handles -= 1
-        self.ov.table.forget(h.node.ino, 0)
-        if h.partial is not None:
-            self.ov.partials.release(h.partial)
+        self.files.release(fh)
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
-        h = self._handle(fh)
-        if h.partial is not None:
-            h.partial.persist(full=not datasync)
-        if h.upper:
-            (os.fdatasync if datasync else os.fsync)(h.fd)
+        self.files.fsync(fh, datasync)
 
     # ------------------------------------------------------------ directories
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
-        node = self.ov.node(inode)
+        node = self.overlay.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        fh = self._new_fh()
+        fh = self.files.new_number()
         self.dirs[fh] = DirHandle(node)
         if self.cache_dirs:
             # the kernel keeps the listing in its page cache across opens and drops it
@@ -511,34 +368,37 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        d = self.dirs.get(fh)
-        if d is None:
+        listing = self.dirs.get(fh)
+        if listing is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        ov = self.ov
-        if d.names is None or start_id == 0:
+        if listing.names is None or start_id == 0:
             # like kernel overlayfs, the merged listing is read at the first readdir
             # (and again after a rewinddir)
-            d.names = [b".", b"..", *ov.listing(d.node)]
-        names = d.names
+            listing.names = [b".", b"..", *self.overlay.listing(listing.node)]
+        names = listing.names
         for i in range(start_id, len(names)):
-            name = names[i]
-            if name == b"." or name == b"..":
-                target = d.node if name == b"." else (d.node.parent or d.node)
-                # the kernel takes no reference for these two: count none
-                if not pyfuse3.readdir_reply(token, name, self._entry(target), i + 1):
-                    return
-                continue
-            try:
-                node = ov.child(d.node, name)
-            except OSError:
-                node = None
-            if node is None:
-                continue  # removed since opendir
-            entry = self._entry(node)
-            if not pyfuse3.readdir_reply(token, name, entry, i + 1):
-                ov.table.forget(node.ino, 0)
+            if not await self._reply_entry(token, listing.node, names[i], i + 1):
                 return
-            node.nlookup += 1
+
+    async def _reply_entry(
+        self, token: pyfuse3.ReaddirToken, parent: Node, name: bytes, offset: int
+    ) -> bool:
+        """One entry of a readdirplus reply; False once the reply buffer is full."""
+        if name == b"." or name == b"..":
+            target = parent if name == b"." else (parent.parent or parent)
+            # the kernel takes no reference for these two: count none
+            return bool(pyfuse3.readdir_reply(token, name, self._entry(target), offset))
+        try:
+            node = await child(self.overlay, parent, name, locked=False)
+        except OSError:
+            node = None
+        if node is None:
+            return True  # removed since opendir
+        if not pyfuse3.readdir_reply(token, name, self._entry(node), offset):
+            self.overlay.table.forget(node.ino, 0)
+            return False
+        node.nlookup += 1
+        return True
 
     @guarded
     async def releasedir(self, fh: int) -> None:
@@ -546,10 +406,10 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        d = self.dirs.get(fh)
-        if d is None or not d.node.upper:
+        listing = self.dirs.get(fh)
+        if listing is None or not listing.node.upper:
             return
-        fd = os.open(self.ov.upper_path(d.node), os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -557,44 +417,27 @@ class OverlayOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ xattrs
 
-    def _check_name(self, name: bytes) -> str:
-        sname = os.fsdecode(name)
-        if self.ov.names.is_private(sname):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        return sname
-
     @guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        sname = self._check_name(name)
-        return os.getxattr(self.ov.real_path(self.ov.node(inode)), sname, follow_symlinks=False)
+        return attrs.get_xattr(self.overlay, self.overlay.node(inode), name)
 
     @guarded
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        names = os.listxattr(self.ov.real_path(self.ov.node(inode)), follow_symlinks=False)
-        return [os.fsencode(n) for n in names if not self.ov.names.is_private(n)]
+        return attrs.list_xattrs(self.overlay, self.overlay.node(inode))
 
     @guarded
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        sname = self._check_name(name)
-        ov = self.ov
-        node = ov.node(inode)
-        async with ov.lock:
-            await copy_up(ov, node)
-            os.setxattr(ov.upper_path(node), sname, value, follow_symlinks=False)
+        node = self.overlay.node(inode)
+        async with self.overlay.lock:
+            await attrs.set_xattr(self.overlay, node, name, value)
 
     @guarded
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        sname = self._check_name(name)
-        ov = self.ov
-        node = ov.node(inode)
-        async with ov.lock:
-            if not node.upper:
-                # nothing to remove: fail without copying up, as overlayfs does
-                os.getxattr(ov.lower_path(node), sname, follow_symlinks=False)
-            await copy_up(ov, node)
-            os.removexattr(ov.upper_path(node), sname, follow_symlinks=False)
+        node = self.overlay.node(inode)
+        async with self.overlay.lock:
+            await attrs.remove_xattr(self.overlay, node, name)
 
     @guarded
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 1.0  # seconds between two looks at open files with unrecorded chunks
 
 
-class Partials:
+class PartialCopyUps:
     """Partial copy-ups of one overlay: policy, open files, verified lower files."""
 
     def __init__(
@@ -41,7 +41,7 @@ class Partials:
         self.name = names.chunks
         self.layers = layers
         self.shift = policy.chunk_for(os.statvfs(upper_root).f_bsize).bit_length() - 1
-        self.open: dict[int, chunked.Partial] = {}
+        self.open: dict[int, chunked.ChunkedFile] = {}
         self.verified: set[int] = set()  # upper inodes whose lower digest was checked
         self.reported: set[int] = set()  # upper inodes whose stale lower was logged
         self._blocks: dict[tuple[int, int], int | None] = {}  # (ino, ctime) -> blocks
@@ -60,7 +60,7 @@ class Partials:
 
     # -- open files ------------------------------------------------------------------
 
-    def acquire(self, fd: int, path: bytes) -> chunked.Partial | None:
+    def acquire(self, fd: int, path: bytes) -> chunked.ChunkedFile | None:
         """The partial file behind ``fd`` (an open upper file at ``path``), None if whole."""
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -85,7 +85,7 @@ class Partials:
             except BaseException:
                 os.close(own)
                 raise
-        p = chunked.Partial(own, lower_fd, cmap, self.name, error=why)
+        p = chunked.ChunkedFile(own, lower_fd, cmap, self.name, error=why)
         self.open[st.st_ino] = p
         if why is not None:
             self._report(st.st_ino, path, why)
@@ -102,12 +102,14 @@ class Partials:
         return p
 
     def _open_lower(self, cmap: ChunkMap, upper_ino: int) -> tuple[int, str | None]:
-        lw = cmap.lower
-        if lw.layer >= len(self.layers):
-            return -1, f"its lower layer {lw.layer} is not there"
+        lower = cmap.lower
+        if lower.layer >= len(self.layers):
+            return -1, f"its lower layer {lower.layer} is not there"
         try:
             fd = chunked.open_lower(
-                self.layers[lw.layer].path(lw.path), lw, check_digest=upper_ino not in self.verified
+                self.layers[lower.layer].path(lower.path),
+                lower,
+                check_digest=upper_ino not in self.verified,
             )
         except chunked.StaleLower as exc:
             return -1, str(exc)
@@ -125,7 +127,7 @@ class Partials:
             why,
         )
 
-    def release(self, p: chunked.Partial) -> None:
+    def release(self, p: chunked.ChunkedFile) -> None:
         """One handle less; the last one records the map and closes the files."""
         p.refs -= 1
         if p.refs > 0:
@@ -194,12 +196,12 @@ class Partials:
             shown += max(0, min(b << cmap.shift, cmap.valid) - (a << cmap.shift))
         if not shown:
             return 0
-        lw = cmap.lower
+        lower = cmap.lower
         try:
-            lower_blocks = self.layers[lw.layer].lstat(lw.path).st_blocks
+            lower_blocks = self.layers[lower.layer].lstat(lower.path).st_blocks
         except (OSError, IndexError):
             return (shown + 511) // 512
-        return lower_blocks * shown // max(lw.size, 1)
+        return lower_blocks * shown // max(lower.size, 1)
 
     # -- flushing ----------------------------------------------------------------------
 
@@ -208,19 +210,20 @@ class Partials:
         while True:
             await trio.sleep(FLUSH_EVERY)
             for ino, p in list(self.open.items()):
-                if not p.due(FLUSH_EVERY):
-                    continue
-                try:
-                    p.persist()
-                except OSError as exc:
-                    log.error("partial copy-up: recording its chunk map failed: %s", exc)
-                    continue
-                except Exception:
-                    log.exception("INTERNAL: flushing a chunk map")
-                    continue
-                if p.refs <= 0:  # closed while its map could not be recorded: done now
-                    del self.open[ino]
-                    p.close()
+                if p.due(FLUSH_EVERY):
+                    self._flush(ino, p)
+
+    def _flush(self, ino: int, p: chunked.ChunkedFile) -> None:
+        """Record one file's map; close it if it was released meanwhile. Never raises."""
+        try:
+            p.persist()
+            if p.refs <= 0:  # closed while its map could not be recorded: done now
+                del self.open[ino]
+                p.close()
+        except OSError as exc:
+            log.error("partial copy-up: recording its chunk map failed: %s", exc)
+        except Exception:
+            log.exception("INTERNAL: flushing a chunk map")
 
     def shutdown(self) -> None:
         """At unmount: record every map and close every file."""

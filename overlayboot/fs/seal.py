@@ -102,7 +102,7 @@ def examine(
         if lower_fd >= 0:
             os.close(lower_fd)
         raise
-    p = chunked.Partial(fd, lower_fd, cmap, name)
+    p = chunked.ChunkedFile(fd, lower_fd, cmap, name)
     try:
         p.seal()
     finally:

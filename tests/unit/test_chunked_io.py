@@ -51,20 +51,20 @@ def _make_partial(tmp: Path, size: int, seed: int) -> tuple[Path, Path, bytes]:
     return low, up, data
 
 
-def _open(low: Path, up: Path) -> chunked.Partial:
+def _open(low: Path, up: Path) -> chunked.ChunkedFile:
     fd = os.open(up, os.O_RDWR)
     cmap = chunked.load_map(fd, NAME)
     if cmap is None:  # whole now: a pass-through
-        return chunked.Partial(fd, -1, None, NAME)
+        return chunked.ChunkedFile(fd, -1, None, NAME)
     lower_fd = chunked.open_lower(os.fsencode(low), cmap.lower)
-    p = chunked.Partial(fd, lower_fd, cmap, NAME)
+    p = chunked.ChunkedFile(fd, lower_fd, cmap, NAME)
     size = os.fstat(fd).st_size
     if size < cmap.valid:
         p.truncated(size)
     return p
 
 
-def _check(p: chunked.Partial, model: bytearray, rng: random.Random) -> None:
+def _check(p: chunked.ChunkedFile, model: bytearray, rng: random.Random) -> None:
     assert os.fstat(p.fd).st_size == len(model)
     off = rng.randrange(0, len(model) + 10_000)
     n = rng.choice([1, 100, 4096, 5000, 70_000])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,7 @@ def layers(tmp_path: Path) -> tuple[Path, Path]:
         cmap = chunked.load_map(fd, NAME)
         assert cmap is not None
         lower_fd = chunked.open_lower(os.fsencode(lower / "d/f"), cmap.lower)
-        p = chunked.Partial(fd, lower_fd, cmap, NAME)
+        p = chunked.ChunkedFile(fd, lower_fd, cmap, NAME)
         p.write(fd, 100_000, b"NEW!")
         p.persist()
         os.close(p.lower_fd)
@@ -101,3 +103,28 @@ def test_missing_upper_is_one_line(tmp_path: Path) -> None:
     assert r.stderr.splitlines() == [
         f"overlayboot: error: upper dir {absent} is not a directory (give the right path)"
     ]
+
+
+@pytest.mark.parametrize("command", ["check", "seal"])
+def test_an_unreadable_directory_is_one_line(command: str) -> None:
+    # under /tmp, mode 0755, so that an unprivileged user reaches it
+    base = Path(tempfile.mkdtemp(prefix="upper-cli-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    upper = base / "upper"
+    (upper / "closed").mkdir(parents=True)
+    (upper / "closed" / "f").write_text("x")
+    os.chmod(upper / "closed", 0)
+    # as an unprivileged user, for whom a mode 000 directory cannot be read
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    proc = subprocess.run(
+        [*argv, "-m", "overlayboot", "upper", command, str(upper)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert f"cannot read {upper}/closed: Permission denied" in proc.stderr
+    os.chmod(upper / "closed", 0o755)
+    shutil.rmtree(base)

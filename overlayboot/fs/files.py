@@ -1,0 +1,185 @@
+"""Open files: opening a node, reading, writing, syncing and closing it.
+
+An open file holds an fd on the layer that has the node when it is opened. One
+opened for writing (or with ``O_TRUNC``) copies the node up first. One opened
+read-only on the lower that is copied up meanwhile (by a writer) reads the upper
+copy from its next read on, as kernel overlayfs does. A partial copy-up is read
+and written through its :class:`ChunkedFile` (``partials``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+from dataclasses import dataclass
+
+from overlayboot.fs.chunked import ChunkedFile
+from overlayboot.fs.copyup import copy_up
+from overlayboot.fs.core import Overlay
+from overlayboot.fs.inodes import Node
+
+log = logging.getLogger(__name__)
+
+OPEN_PASS_FLAGS = os.O_SYNC | os.O_DSYNC
+"""open(2) flags passed on to the upper file."""
+
+
+@dataclass
+class FileHandle:
+    """An open file: its real fd, and whether that fd is on the upper layer.
+
+    ``partial``: the file is a partial copy-up, read and written through it.
+    """
+
+    node: Node
+    fd: int
+    upper: bool
+    writable: bool
+    partial: ChunkedFile | None = None
+    sync: bool = False
+
+
+class OpenFiles:
+    """The open files of one overlay, by file handle number."""
+
+    def __init__(self, overlay: Overlay) -> None:
+        self.overlay = overlay
+        self.handles: dict[int, FileHandle] = {}
+        self._numbers = itertools.count(1)
+        # with noatime, reads through the daemon leave the upper files' atime alone
+        self.read_flags = os.O_NOATIME if "noatime" in overlay.cfg.options else 0
+
+    def new_number(self) -> int:
+        return next(self._numbers)
+
+    def add(self, handle: FileHandle) -> int:
+        number = self.new_number()
+        self.handles[number] = handle
+        handle.node.handles += 1
+        return number
+
+    def of_node(self, node: Node, *, upper: bool | None = None) -> FileHandle | None:
+        """An open handle of ``node`` (on the upper if ``upper``), if any."""
+        for handle in self.handles.values():
+            if handle.node is node and (upper is None or handle.upper == upper):
+                return handle
+        return None
+
+    # ------------------------------------------------------------ opening
+
+    async def open(self, node: Node, flags: int) -> int:
+        """Open ``node`` (not a directory); return the new handle's number."""
+        overlay = self.overlay
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "is a directory")
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        trunc = bool(flags & os.O_TRUNC)
+        if (writable or trunc) and not node.upper:
+            async with overlay.lock:
+                await copy_up(overlay, node, data=not trunc)
+        extra = flags & OPEN_PASS_FLAGS
+        partial = None
+        if node.upper:
+            mode = os.O_RDWR if writable else os.O_RDONLY | self.read_flags
+            if trunc:
+                mode |= os.O_TRUNC  # Linux truncates even with O_RDONLY
+            path = overlay.upper_path(node)
+            fd = self._open_real(path, mode | extra)
+            partial = self._partial_of(fd, path)
+        else:
+            fd = os.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
+        return self.add(FileHandle(node, fd, node.upper, writable, partial, bool(extra)))
+
+    def adopt_created(self, node: Node, fd: int) -> int:
+        """A file ``dirops.create_file`` just made, open read-write on the upper."""
+        return self.add(FileHandle(node, fd, True, True))
+
+    def _open_real(self, path: bytes, flags: int) -> int:
+        try:
+            return os.open(path, flags | os.O_NOFOLLOW)
+        except PermissionError:
+            if not flags & os.O_NOATIME:
+                raise
+            return os.open(path, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW)  # not the owner
+
+    def _partial_of(self, fd: int, path: bytes) -> ChunkedFile | None:
+        """The partial copy-up behind ``fd``, an upper file just opened (closed on failure)."""
+        try:
+            return self.overlay.partials.acquire(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    # ------------------------------------------------------------ I/O
+
+    def get(self, number: int) -> FileHandle:
+        """The handle ``number``, moved to the upper copy if its node was copied up."""
+        handle = self.handles.get(number)
+        if handle is None:
+            raise OSError(errno.EBADF, "no such file handle")
+        if not handle.upper and handle.node.upper:
+            self._move_to_upper(handle)
+        return handle
+
+    def _move_to_upper(self, handle: FileHandle) -> None:
+        """A read-only handle opened on the lower whose node was copied up since: read the
+        upper copy from now on (never the lower again: it is no longer the file)."""
+        try:
+            path = self.overlay.upper_path(handle.node)
+            fd = self._open_real(path, os.O_RDONLY | self.read_flags)
+        except OSError as exc:
+            # unlinked since its copy-up: an open upper handle of the same file still has it
+            other = self.of_node(handle.node, upper=True)
+            if other is None:
+                log.error("reopening a copied-up file failed: %s", exc)
+                raise OSError(errno.EIO, "the copied-up file cannot be reopened") from exc
+            fd, partial = os.dup(other.fd), _share(other.partial)
+        else:
+            partial = self._partial_of(fd, path)
+        os.close(handle.fd)
+        handle.fd, handle.upper, handle.partial = fd, True, partial
+
+    def read(self, number: int, off: int, size: int) -> bytes:
+        handle = self.get(number)
+        if handle.partial is not None:
+            return handle.partial.read(off, size)
+        return os.pread(handle.fd, size, off)
+
+    def write(self, number: int, off: int, buf: bytes) -> int:
+        handle = self.get(number)
+        if not handle.upper:
+            raise OSError(errno.EBADF, "not open for writing")
+        if handle.partial is not None:
+            return handle.partial.write(handle.fd, off, buf, sync=handle.sync)
+        return os.pwrite(handle.fd, buf, off)
+
+    def fsync(self, number: int, datasync: bool) -> None:
+        handle = self.get(number)
+        if handle.partial is not None:
+            handle.partial.persist(full=not datasync)
+        if handle.upper:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    def release(self, number: int) -> None:
+        """The last close of a handle: bookkeeping first, the fd last, whatever fails."""
+        handle = self.handles.pop(number, None)
+        if handle is None:
+            return
+        try:
+            handle.node.handles -= 1
+            self.overlay.table.forget(handle.node.ino, 0)
+            if handle.partial is not None:
+                self.overlay.partials.release(handle.partial)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(handle.fd)
+
+
+def _share(partial: ChunkedFile | None) -> ChunkedFile | None:
+    """One more user of an open partial copy-up (released with the handle)."""
+    if partial is not None:
+        partial.refs += 1
+    return partial
