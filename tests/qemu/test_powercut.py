@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.qemu, pytest.mark.powercut, pytest.mark.slow, pytest.m
 
 CUTS = int(os.environ.get("OVERLAYBOOT_POWERCUT_CUTS", "20"))
 OPS = 400  # per round: more than run before the latest cut
-CUT_AFTER = (2, 120)  # the operation after which the power goes, drawn from this range
+CUT_AFTER = (2, 100)  # the operation after which the power goes, drawn from this range
 CUT_DELAY = 0.25  # at most this many seconds later
 
 
