@@ -32,19 +32,12 @@ from overlayboot.run import run
 from tests.qemu.harness import Vm, VmConfig
 from tests.qemu.media import plain_iso
 from tests.qemu.powercut_model import Observed, lower_files, observe, pattern_files
+from tests.qemu.test_boot import APPLETS as BOOT_APPLETS
+from tests.qemu.test_boot import ROOT_INIT
 
-ROOT_INIT = """#!/bin/sh
-export PATH=/bin:/sbin
-echo "OVERLAYBOOT-ROOT: up $(uname -r)"
-echo "ROOT-MOUNT: $(grep ' / ' /proc/mounts | grep -v rootfs)"
-setsid cttyhack sh
-sync
-echo "OVERLAYBOOT-ROOT: powering off"
-poweroff -f
-"""
-APPLETS = (
-    "sh cat echo ls mount grep sync poweroff setsid cttyhack dd rm mkdir mv sort xargs "
-    "md5sum sed find dirname head tail kill sleep printf cut wc"
+# test_boot's init (a shell on the console) and applets, and what the workload needs
+APPLETS = sorted(
+    set(BOOT_APPLETS.split()) | set(["mv", "sort", "xargs", "sed", "find", "dirname", "kill"])
 )
 WORKLOAD = Path(__file__).with_name("workload.sh")
 LABEL = "overlayboot-rw"
@@ -59,7 +52,7 @@ def build_root(root: Path) -> None:
     busybox = shutil.which("busybox")
     assert busybox, "busybox-static is needed"
     shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in APPLETS.split():
+    for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
     (root / "sbin" / "init").write_text(ROOT_INIT)
     (root / "sbin" / "init").chmod(0o755)
