@@ -203,7 +203,7 @@ def read_console(vm: Vm) -> Console:
     state: dict[str, str] = {}
     fsynced: dict[int, str] = {}
     failed: list[str] = []
-    last_op, up_at, started, last_at = -1, 0.0, 0.0, 0.0
+    last_op, up_at, started, last_at, before = -1, 0.0, 0.0, 0.0, ""
     for line in list(vm.lines):
         verb, _, rest = line.text.partition(" ")
         if verb == "STATE":
@@ -213,13 +213,14 @@ def read_console(vm: Vm) -> Console:
             idx, _, got = rest.partition(" ")
             fsynced[int(idx)] = got
         elif verb == "FAILED":
-            failed.append(rest)
+            failed.append(f"{rest} (after: {before})")  # the line before: the error
         elif verb.startswith("@") and verb[1:].isdigit():
             last_op, last_at = int(verb[1:]), line.at
         elif verb == "WORKLOAD-START":
             started = line.at
         elif line.text.startswith("OVERLAYBOOT-ROOT: up") and not up_at:
             up_at = line.at
+        before = line.text
     ran_for = last_at - started if last_at else 0.0
     return Console(state, fsynced, tuple(failed), last_op, up_at, ran_for)
 

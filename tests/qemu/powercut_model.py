@@ -99,6 +99,7 @@ class Op:
 class Round:
     baseline: Observed
     ops: tuple[Op, ...]
+    contents: Mapping[str, bytes]  # every small file's version, by its md5
 
     def script(self) -> bytes:
         """The guest's input: one operation a line, then ``end``."""
@@ -132,6 +133,7 @@ class _Planner:
         self.small: dict[str, bytes | None] = {
             p: data for p, data in seen.files.items() if not p.startswith("/big/")
         }
+        self.contents = {md5(data): data for data in self.small.values() if data is not None}
         self.big = {p: bytearray(seen.files.get(p, b"")) for p in BIG_FILES}
         self.tree: dict[int, str] = {}
         for k in range(TREE_DIRS):
@@ -145,7 +147,10 @@ class _Planner:
 
     def set_small(self, path: str, data: bytes | None) -> tuple[str, str]:
         self.small[path] = data
-        return (f"f:{path}", ABSENT if data is None else md5(data))
+        if data is None:
+            return (f"f:{path}", ABSENT)
+        self.contents[md5(data)] = data
+        return (f"f:{path}", md5(data))
 
     def small_path(self) -> str:
         return self.rng.choice(DATA_FILES + NEW_FILES)
@@ -223,7 +228,7 @@ def plan(seen: Observed, rng: random.Random, n_ops: int) -> Round:
     kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
     for kind in rng.choices(kinds, weights, k=n_ops):
         getattr(planner, kind)()
-    return Round(seen, tuple(planner.ops))
+    return Round(seen, tuple(planner.ops), planner.contents)
 
 
 def _histories(rnd: Round) -> dict[str, list[tuple[int, str]]]:
@@ -243,14 +248,39 @@ def _durable(rnd: Round, fsynced: Mapping[int, str]) -> dict[str, int]:
     return durable
 
 
-def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> list[str]:
-    """What is wrong after a cut: a report that differed from the plan, a torn or unknown
-    version, a version older than the last fsync; [] if nothing."""
+@dataclass(frozen=True)
+class Verdict:
+    problems: list[str]  # a report that differed from the plan, a torn or unknown version,
+    # a version older than the last fsync
+    zero_tails: list[str]  # files that grew and were not fsynced: their new size, zeros there
+
+
+def zero_extended(got: bytes, allowed: Iterable[str], contents: Mapping[str, bytes]) -> bool:
+    """``got`` is a version whose growth reached the disk but not its data: the length of
+    one allowed version, an earlier allowed version (a prefix of it) then zeros.
+
+    ext4's data=ordered orders the data of newly allocated blocks only: a write that
+    extends a file inside its last, already allocated block commits the new size without
+    waiting for the data. That is the upper filesystem's ordering, not the daemon's."""
+    versions = [contents[v] for v in allowed if v in contents]
+    for new in versions:
+        if len(new) != len(got):
+            continue
+        for old in versions:
+            k = len(old)
+            if k < len(new) and new[:k] == old == got[:k] and not got[k:].strip(b"\0"):
+                return True
+    return False
+
+
+def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> Verdict:
+    """What is wrong after a cut, and which files showed a zero tail."""
     problems = [
         f"op {idx} ({rnd.ops[idx].line}): the guest saw {got}, planned {rnd.ops[idx].expect}"
         for idx, got in sorted(fsynced.items())
         if got != rnd.ops[idx].expect
     ]
+    zero_tails: list[str] = []
     hist, durable = _histories(rnd), _durable(rnd, fsynced)
     for key in sorted(hist.keys() | seen.values.keys()):
         versions = hist.get(key, [(-1, ABSENT)])
@@ -258,10 +288,15 @@ def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> list[str]
         last_sync = durable.get(key, -1)
         start = max(i for i, (idx, _) in enumerate(versions) if idx <= last_sync)
         allowed = [v for _, v in versions[start:]]
-        if got not in allowed:
-            why = f"fsynced at op {last_sync}" if last_sync >= 0 else "none fsynced"
-            problems.append(f"{key}: {got} is none of its versions {allowed} ({why})")
-    return problems
+        if got in allowed:
+            continue
+        data = seen.files.get(key[2:]) if key.startswith("f:") else None
+        if data is not None and zero_extended(data, allowed, rnd.contents):
+            zero_tails.append(key)
+            continue
+        why = f"fsynced at op {last_sync}" if last_sync >= 0 else "none fsynced"
+        problems.append(f"{key}: {got} is none of its versions {allowed} ({why})")
+    return Verdict(problems, zero_tails)
 
 
 def _small_and_big(root: Path, values: dict[str, str], files: dict[str, bytes]) -> None:

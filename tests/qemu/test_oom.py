@@ -16,7 +16,8 @@ from mkimage.kernel import Kernel
 from tests.qemu.harness import Vm
 from tests.qemu.powercut import Medium, boot, build_medium
 
-pytestmark = [pytest.mark.qemu, pytest.mark.oom, pytest.mark.slow]
+# the first test of a session also waits for the initramfs build
+pytestmark = [pytest.mark.qemu, pytest.mark.oom, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # the pid file the daemon writes in its chroot ($OB_RUN, /run/overlayboot in the live root)
 DAEMON_PID = "cat /run/overlayboot/run/overlayboot/mounts/*.pid"

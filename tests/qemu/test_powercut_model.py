@@ -13,7 +13,16 @@ import pytest
 
 from overlayboot.run import run
 from tests.qemu.powercut import build_root
-from tests.qemu.powercut_model import ABSENT, Observed, observe, plan, verdict
+from tests.qemu.powercut_model import (
+    ABSENT,
+    Observed,
+    Verdict,
+    md5,
+    observe,
+    plan,
+    verdict,
+    zero_extended,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 
@@ -39,14 +48,14 @@ def test_workload_does_what_the_plan_says_and_the_verdict_catches_damage(tmp_pat
         fsynced = _run_round(root, rnd.script())
         assert len(fsynced) > 20
         seen = observe(root)
-        assert verdict(rnd, seen, fsynced) == []
+        assert verdict(rnd, seen, fsynced) == Verdict([], [])
     kinds = {op.line.split()[0] for op in rnd.ops}
     assert kinds == {"put", "rep", "app", "rm", "blk", "mv", "sync"}
     # a torn block, a file from nowhere, and a fsynced file lost
     block = next(k for k in seen.values if k.startswith("b:"))
-    assert any(block in p for p in verdict(rnd, _torn(seen, block), fsynced))
+    assert any(block in p for p in verdict(rnd, _torn(seen, block), fsynced).problems)
     stray = Observed({**seen.values, "f:/new/stray": "1" * 32}, seen.files, seen.wholes)
-    assert any("f:/new/stray" in p for p in verdict(rnd, stray, fsynced))
+    assert any("f:/new/stray" in p for p in verdict(rnd, stray, fsynced).problems)
     # a fsynced version lost: the object back at its baseline (not among its later versions)
     lost = [
         (key, base)
@@ -60,4 +69,14 @@ def test_workload_does_what_the_plan_says_and_the_verdict_catches_damage(tmp_pat
     assert lost
     key, base = lost[0]
     old = Observed({**seen.values, key: base}, seen.files, seen.wholes)
-    assert any(key in p and "fsynced at op" in p for p in verdict(rnd, old, fsynced))
+    assert any(key in p and "fsynced at op" in p for p in verdict(rnd, old, fsynced).problems)
+
+
+def test_a_zero_tail_is_only_a_growth_without_its_data() -> None:
+    old, new = b"a" * 100, b"a" * 100 + b"r" * 64
+    versions = {md5(old): old, md5(new): new}
+    allowed = list(versions)
+    assert zero_extended(old + b"\0" * 64, allowed, versions)
+    assert not zero_extended(b"a" * 90 + b"\0" * 74, allowed, versions)  # old data lost
+    assert not zero_extended(old + b"r" * 32 + b"\0" * 32, allowed, versions)  # torn
+    assert not zero_extended(old + b"\0" * 64, [md5(new)], versions)  # old is before a fsync
