@@ -195,6 +195,8 @@ class _Planner:
         """A lower directory (or one renamed before) under a new name in /tree."""
         k = self.rng.randrange(TREE_DIRS)
         old, new = self.tree[k], f"d{k}.{len(self.ops)}"
+        if new == old:  # renamed by the same op of an earlier round
+            new += "x"
         self.tree[k] = new
         self.add(
             "mv", f"/tree/{old} /tree/{new}", [(f"d:{k}", tree_value([(new, TREE_DIGESTS[k])]))]
