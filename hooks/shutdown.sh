@@ -41,11 +41,15 @@ start_watchdog() {
     watchdog_pid=$!
 }
 
-# args: DIR; the mount points at or below DIR, the last mounted first (unescaped)
+# args: DIR; the mount points at or below DIR (unescaped), the deepest first, and of one
+# depth the last mounted first (pivot_root moves the old root to the end of mountinfo)
 mounts_under() {
-    awk -v d="$1" '{ m = $5; gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
-        if (m == d || index(m, d "/") == 1) l[n++] = m }
-        END { while (n > 0) print l[--n] }' /proc/self/mountinfo
+    awk -v d="$1" 'BEGIN { n = 0; max = 0 }
+        { m = $5; gsub(/\\040/, " ", m); gsub(/\\011/, "\t", m)
+            if (m != d && index(m, d "/") != 1) next
+            k = gsub("/", "/", m); l[n] = m; depth[n++] = k; if (k > max) max = k }
+        END { for (k = max; k >= 0; k--) for (i = n - 1; i >= 0; i--)
+            if (depth[i] == k) print l[i] }' /proc/self/mountinfo
 }
 
 # args: DIR; whether DIR is a mount point
