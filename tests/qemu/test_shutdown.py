@@ -4,17 +4,21 @@ The default busybox root (plus a 2 MiB file in the image, for a partial copy-up)
 with a persistence partition; the test writes, powers off or reboots from the live root,
 and then reads the partition on the host: its ext4 is clean (no journal to replay), and
 the writes are there (debugfs). A control boot without the shutdown program shows what
-the checks catch: the partition is left needing recovery.
+the checks catch: the partition is left needing recovery. systemd's side of the protocol
+is tested with the real systemd-shutdown (the host's, with its libraries) exec'd by PID 1
+of the busybox root, as systemd does at the end of a poweroff.
 """
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from mkimage.elf import resolve_closure
 from mkimage.initramfs import DEFAULT_LABEL, BuiltInitramfs
 from mkimage.kernel import Kernel
 from mkimage.rootfs import ROOT_MARKER, build_busybox_root
@@ -28,6 +32,16 @@ UPPER = f"/overlayboot/{DEFAULT_LABEL}/upper"
 BIG = bytes(range(256)) * 8192  # 2 MiB: written in part, it is copied up in chunks
 PATCH_AT, PATCH_LEN = 409600, 4096
 STEP = "overlayboot: shutdown: "
+SYSTEMD_SHUTDOWN = Path("/lib/systemd/systemd-shutdown")
+# init= for the systemd-shutdown test: the default root's start, then what systemd's PID 1
+# does last at a poweroff
+SYSTEMD_INIT = f"""#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+echo "{ROOT_MARKER} $(uname -r)"
+setsid cttyhack sh -l
+sync
+exec /lib/systemd/systemd-shutdown poweroff
+"""
 
 
 @dataclass(frozen=True)
@@ -54,12 +68,25 @@ def debugfs(img: Path, request: str) -> bytes:
     ).stdout
 
 
+def add_systemd_shutdown(root: Path) -> None:
+    """The host's systemd-shutdown and every library it loads, at the paths ld.so looks."""
+    closure = resolve_closure(Path("/"), [SYSTEMD_SHUTDOWN], strict=True)
+    for lib in closure.objects:
+        dest = root / str(lib.path_in_root).lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(Path("/") / str(lib.realpath_in_root).lstrip("/"), dest)
+    (root / "sbin/systemd-test-init").write_text(SYSTEMD_INIT)
+    (root / "sbin/systemd-test-init").chmod(0o755)
+
+
 @pytest.fixture(scope="module")
 def medium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("shutdown")
     root = build_busybox_root(base / "root").path
     (root / "data").mkdir()
     (root / "data/big").write_bytes(BIG)
+    if SYSTEMD_SHUTDOWN.is_file():
+        add_systemd_shutdown(root)
     (base / "iso/live").mkdir(parents=True)
     build_squashfs(root, base / "iso/live/filesystem.squashfs", SquashfsSpec())
     return plain_iso(base / "iso", base / "live.iso")
@@ -179,3 +206,20 @@ def test_without_the_shutdown_program_the_partition_needs_recovery(
         log = shutdown_log(vm)
     assert STEP not in log, log
     assert "needs_recovery" in ext4_state(rw).features
+
+
+def test_systemd_shutdown_hands_over_to_it(
+    kernel: Kernel, initramfs: BuiltInitramfs, medium: Path, tmp_path: Path
+) -> None:
+    if not SYSTEMD_SHUTDOWN.is_file():
+        pytest.skip("no /lib/systemd/systemd-shutdown on this host (Debian package systemd)")
+    rw = ext4_image(tmp_path / "rw.img")
+    with boot(kernel, initramfs, medium, rw, "init=/sbin/systemd-test-init") as vm:
+        write_and_leave(vm, "poweroff")
+        log = shutdown_log(vm)
+    assert vm.wait_for("Returning to initrd", timeout=1), log
+    assert vm.wait_for(STEP + "poweroff: syncing", timeout=1), log
+    assert vm.wait_for(r"the overlay daemon \(pid \d+\) has finished", timeout=1), log
+    assert vm.wait_for(STEP + "the persistence partition /dev/vda is unmounted", 1), log
+    assert "ERROR" not in log[log.index(STEP) :], log
+    assert_clean_with_the_writes(rw)
