@@ -14,6 +14,7 @@ export PATH=/bin
 OB_RUN=/run/overlayboot
 WATCHDOG=90
 failed=0
+busy=
 
 # args: message...; a step, on the console
 say() { echo "overlayboot: shutdown: $*"; }
@@ -51,9 +52,6 @@ mounts_under() {
         END { for (k = max; k >= 0; k--) for (i = n - 1; i >= 0; i--)
             if (depth[i] == k) print l[i] }' /proc/self/mountinfo
 }
-
-# args: DIR; whether DIR is a mount point
-is_mounted() { mounts_under "$1" | grep -qFx "$1"; }
 
 # args: PID; whether PID is still running (a zombie has finished)
 alive() {
@@ -108,14 +106,18 @@ wait_exit() {
 
 # args: DIR; unmounts DIR (the mounts below first), each within 10 s; a busy one is
 # remounted read-only (an ext4 then has its journal flushed and is marked clean), then
-# detached lazily
+# detached lazily, and added to $busy
 umount_tree() {
     IFS='
 '
     for m in $(mounts_under "$1"); do
         timeout 10 umount "$m" 2> /dev/null && continue
-        fail "cannot unmount $m (busy): remounting it read-only, then detaching it"
-        timeout 10 mount -o remount,ro "$m" 2> /dev/null || fail "cannot remount $m read-only"
+        busy="$busy $m"
+        if timeout 10 mount -o remount,ro "$m" 2> /dev/null; then
+            fail "cannot unmount $m (busy): remounted read-only and detached"
+        else
+            fail "cannot unmount $m (busy), nor remount it read-only: detached"
+        fi
         umount -l "$m" 2> /dev/null
     done
     unset IFS
@@ -167,13 +169,13 @@ seal_if_asked() {
 # args: none; the layers and the persistence partition unmounted, and said so
 umount_layers() {
     dev=$(sed -n 's/^upper=//p' "$OB_RUN/state" | tail -n 1)
+    busy=
     umount_tree "$OB_RUN"
     grep -qx persistent=yes "$OB_RUN/state" || return 0
-    if is_mounted "$OB_RUN/rw"; then
-        fail "the persistence partition $dev is still mounted"
-    else
-        say "the persistence partition $dev is unmounted"
-    fi
+    case "$busy " in
+        *" $OB_RUN/rw "*) ;; # said above
+        *) say "the persistence partition $dev is unmounted" ;;
+    esac
 }
 
 verb=${1:-poweroff}
