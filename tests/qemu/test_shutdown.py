@@ -133,6 +133,15 @@ def shutdown_log(vm: Vm) -> str:
     return log[log.index("OVERLAYBOOT-ROOT: ") :]
 
 
+def assert_steps(vm: Vm, *steps: str) -> str:
+    """Each step (a regex) on the console, no ERROR line from the root's end on; the log."""
+    log = shutdown_log(vm)
+    for step in steps:
+        assert vm.wait_for(step, timeout=1), log
+    assert "ERROR" not in log, log
+    return log
+
+
 def assert_clean_with_the_writes(rw: Path) -> None:
     ext4 = ext4_state(rw)
     assert ext4.state == "clean", ext4
@@ -151,16 +160,14 @@ def test_poweroff_leaves_the_persistence_partition_clean(
     rw = ext4_image(tmp_path / "rw.img")
     with boot(kernel, initramfs, medium, rw) as vm:
         write_and_leave(vm, "poweroff")
-        log = shutdown_log(vm)
-    for step in (
-        "poweroff: syncing",
-        "unmounting the old root",
-        r"the overlay daemon \(pid \d+\) has finished",
-        "the persistence partition /dev/vda is unmounted",
-        "poweroff",
-    ):
-        assert vm.wait_for(STEP + step, timeout=1), log
-    assert "ERROR" not in log, log
+    log = assert_steps(
+        vm,
+        STEP + "poweroff: syncing",
+        STEP + "unmounting the old root",
+        STEP + r"the overlay daemon \(pid \d+\) has finished",
+        STEP + "the persistence partition /dev/vda is unmounted",
+        STEP + "poweroff$",
+    )
     assert_clean_with_the_writes(rw)
     # not sealed: /data/big stays a partial copy-up, its chunk map recorded
     assert b"overlayboot.chunks" in debugfs(rw, f"ea_list {UPPER}/data/big"), log
@@ -172,10 +179,7 @@ def test_reboot_seals_partial_copy_ups_when_asked(
     rw = ext4_image(tmp_path / "rw.img")
     with boot(kernel, initramfs, medium, rw) as vm:
         write_and_leave(vm, "reboot", "touch /run/overlayboot/seal-at-shutdown")
-        log = shutdown_log(vm)
-    assert vm.wait_for(STEP + "sealing the partial copy-ups", timeout=1), log
-    assert vm.wait_for(STEP + "reboot$", timeout=1), log
-    assert "ERROR" not in log, log
+    log = assert_steps(vm, STEP + "sealing the partial copy-ups", STEP + "reboot$")
     assert_clean_with_the_writes(rw)
     assert b"overlayboot.chunks" not in debugfs(rw, f"ea_list {UPPER}/data/big"), log
     assert debugfs(rw, f"cat {UPPER}/data/big") == (
@@ -189,10 +193,8 @@ def test_kernel_overlayfs_root_shuts_down_clean(
     rw = ext4_image(tmp_path / "rw.img")
     with boot(kernel, initramfs, medium, rw, "overlayboot.overlay=kernel") as vm:
         write_and_leave(vm, "poweroff")
-        log = shutdown_log(vm)
-    assert vm.wait_for(STEP + "the persistence partition /dev/vda is unmounted", 1), log
+    log = assert_steps(vm, STEP + "the persistence partition /dev/vda is unmounted")
     assert "the overlay daemon" not in log, log
-    assert "ERROR" not in log, log
     assert_clean_with_the_writes(rw)
 
 
@@ -216,10 +218,11 @@ def test_systemd_shutdown_hands_over_to_it(
     rw = ext4_image(tmp_path / "rw.img")
     with boot(kernel, initramfs, medium, rw, "init=/sbin/systemd-test-init") as vm:
         write_and_leave(vm, "poweroff")
-        log = shutdown_log(vm)
-    assert vm.wait_for("Returning to initrd", timeout=1), log
-    assert vm.wait_for(STEP + "poweroff: syncing", timeout=1), log
-    assert vm.wait_for(r"the overlay daemon \(pid \d+\) has finished", timeout=1), log
-    assert vm.wait_for(STEP + "the persistence partition /dev/vda is unmounted", 1), log
-    assert "ERROR" not in log[log.index(STEP) :], log
+    assert_steps(
+        vm,
+        "Returning to initrd",
+        STEP + "poweroff: syncing",
+        STEP + r"the overlay daemon \(pid \d+\) has finished",
+        STEP + "the persistence partition /dev/vda is unmounted",
+    )
     assert_clean_with_the_writes(rw)
