@@ -34,11 +34,16 @@ PATCH_AT, PATCH_LEN = 409600, 4096
 STEP = "overlayboot: shutdown: "
 SYSTEMD_SHUTDOWN = Path("/lib/systemd/systemd-shutdown")
 # init= for the systemd-shutdown test: the default root's start, then what systemd's PID 1
-# does last at a poweroff
+# does last at a poweroff. systemd-shutdown SIGSTOPs every process (the daemon too) while
+# it walks /proc: its code must be in the page cache by then, as in a running systemd root
+# (where PID 1 and every service use the same libraries); read cold from the FUSE root,
+# a page fault in that window waits for the stopped daemon for ever.
 SYSTEMD_INIT = f"""#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 echo "{ROOT_MARKER} $(uname -r)"
 setsid cttyhack sh -l
+cat /lib64/* /lib/systemd/* /lib/x86_64-linux-gnu/* /usr/lib/x86_64-linux-gnu/systemd/* \
+    > /dev/null
 sync
 exec /lib/systemd/systemd-shutdown poweroff
 """
