@@ -4,8 +4,10 @@
 applet links, a minimal /etc and an init script (``INIT``) that needs no init daemon: it
 mounts the API filesystems, prints ``OVERLAYBOOT-ROOT: up``, the kernel release and the
 /proc/mounts line of ``/``, runs a shell on the console and, when that shell exits (``exit``,
-Ctrl-D, or the ``poweroff``/``reboot`` functions of its profile), syncs and powers off (or
-reboots) with ``-f``. busybox's own ``poweroff`` signals PID 1, which a script cannot take,
+Ctrl-D, or the ``poweroff``/``reboot`` functions of its profile), syncs and hands over to
+``/run/initramfs/shutdown`` as systemd-shutdown does (overlayboot's initramfs leaves one
+there: it unmounts the root and the persistence partition), or else powers off (or reboots)
+with ``-f``. busybox's own ``poweroff`` signals PID 1, which a script cannot take,
 so the profile replaces ``poweroff``/``reboot``/``halt`` with functions that leave the shell.
 
 ``build_debian_root`` runs ``debootstrap --variant=minbase`` with systemd-sysv (slow: minutes,
@@ -75,6 +77,18 @@ while :; do
 done
 echo "OVERLAYBOOT-ROOT: $action"
 sync
+# systemd's protocol: an initramfs that left /run/initramfs/shutdown takes the machine down
+# (it unmounts the root); /dev /proc /sys bound in, the old root at /oldroot, the verb as $1
+handover() {{
+    d=/run/initramfs
+    mount --make-rprivate / && mount --bind "$d" "$d" || return 1
+    for api in dev proc sys; do
+        [ -d "$d/$api" ] && mount --bind "/$api" "$d/$api"
+    done
+    mkdir -p "$d/oldroot" && cd "$d" && pivot_root . oldroot || return 1
+    exec /shutdown "$action" < /dev/console > /dev/console 2>&1
+}}
+[ -x /run/initramfs/shutdown ] && handover
 "$action" -f
 """
 

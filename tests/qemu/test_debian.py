@@ -5,7 +5,9 @@ apt), a marker service that reports what / is and whether the daemon survived
 switch-root, writes a file and powers the machine off with systemd. A second boot finds
 the file: the daemon served the root until systemd's very end. systemd-shutdown SIGSTOPs
 the daemon too while it walks /proc; before the kernel cached entries and negative
-lookups for good, that hung the machine right after "Sending SIGKILL". Slow tier.
+lookups for good, that hung the machine right after "Sending SIGKILL". Then
+systemd-shutdown hands over to /run/initramfs/shutdown, which unmounts the persistence
+partition: after each poweroff its ext4 is clean (no journal to replay). Slow tier.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mkimage.rootfs import build_debian_root
 from mkimage.squashfs import SquashfsSpec, build_squashfs
 from tests.qemu.harness import Vm, VmConfig
 from tests.qemu.media import ext4_image, plain_iso
+from tests.qemu.test_shutdown import ext4_state
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -85,6 +88,10 @@ def test_systemd_root_boots_persists_and_shuts_down(
             vm.wait_exit(timeout=150)  # systemd's poweroff, with the daemon spared to the end
             log = vm.log()
         assert "Kernel panic" not in log
+        assert "overlayboot: shutdown: the persistence partition /dev/vda is unmounted" in log
+        assert "ERROR" not in log[log.index("overlayboot: shutdown: ") :], log
+        ext4 = ext4_state(rw)
+        assert ext4.state == "clean" and "needs_recovery" not in ext4.features, ext4
         print(f"debian boot {n}: marker after {fs.at:.1f} s")
     assert boot_ids[0] == "none"
     assert boot_ids[1].startswith("boot-"), "the file written before the first poweroff is lost"
