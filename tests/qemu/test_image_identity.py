@@ -23,7 +23,7 @@ from tests.qemu.live import booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
 from tests.qemu.test_boot import cd, disk
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]  # several boots each: the slow tier (CI runs it)
 
 UPPER = "overlayboot.upper=LABEL=overlayboot-rw"
 EPOCH = 1_700_000_000

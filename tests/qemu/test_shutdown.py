@@ -23,7 +23,7 @@ from mkimage.squashfs import SquashfsSpec, build_squashfs
 from tests.qemu.harness import Vm, VmConfig
 from tests.qemu.media import ext4_image, plain_iso
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]  # several boots each: the slow tier (CI runs it)
 
 IMAGES = f"/overlayboot/{DEFAULT_LABEL}/images"
 BIG = bytes(range(256)) * 8192  # 2 MiB: written in part, it is copied up in chunks
