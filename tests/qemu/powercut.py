@@ -42,7 +42,7 @@ APPLETS = sorted(
 WORKLOAD = Path(__file__).with_name("workload.sh")
 LABEL = "overlayboot-rw"
 UPPER_PARAM = f"overlayboot.upper=LABEL={LABEL}"
-UPPER_BASE = "overlayboot/OVERLAYBOOT"  # the image's directory on the partition
+UPPER_BASE = "overlayboot/OVERLAYBOOT"  # the images' directory on the partition
 
 
 def build_root(root: Path) -> None:
@@ -169,6 +169,14 @@ def fsck(rw: Path) -> tuple[str, list[str]]:
     return ("journal replayed" if not other else f"repaired: {_tail(preen)}"), problems
 
 
+def image_changes(part: Path) -> Path:
+    """The directory of the one image booted on the mounted partition: images/ID (upper,
+    work), as the boot flow keeps each image's changes."""
+    found = sorted((part / UPPER_BASE / "images").iterdir())
+    assert len(found) == 1, found
+    return found[0]
+
+
 def check_partition(rw: Path, lower: Path, scratch: Path) -> PartitionCheck:
     """fsck, ``upper check`` and the merged tree of the partition image ``rw``."""
     done, problems = fsck(rw)
@@ -177,9 +185,9 @@ def check_partition(rw: Path, lower: Path, scratch: Path) -> PartitionCheck:
     copy = scratch / "upper-copy"
     shutil.rmtree(copy, ignore_errors=True)
     with loop_mount(rw, scratch / "rw") as part:
-        check = overlayboot("upper", "check", "--lower", lower, part / UPPER_BASE / "upper",
-                            check=False)  # fmt: skip
-        run(["cp", "-a", part / UPPER_BASE, copy])
+        changes = image_changes(part)
+        check = overlayboot("upper", "check", "--lower", lower, changes / "upper", check=False)
+        run(["cp", "-a", changes, copy])
     if check.returncode != 0:
         problems.append(f"upper check: exit {check.returncode}: {_tail(check)}")
     with merged(lower, copy, scratch / "merged") as tree:
