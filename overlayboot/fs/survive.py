@@ -55,7 +55,7 @@ def lock_memory() -> bool:
 
 
 def serve_as_root() -> None:
-    """All of the above: called once, before the daemon detaches."""
-    ignore_termination()
+    """The OOM protection and the memory lock, in the process that serves (after the
+    daemon's fork: memory locks are not inherited); ``ignore_termination`` comes first."""
     protect_from_oom()
     lock_memory()

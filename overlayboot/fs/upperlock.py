@@ -9,7 +9,6 @@ process holding it dies, so a lock left by a dead daemon is never in the way.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
@@ -50,16 +49,3 @@ def lock_layers(upper: Path, work: Path) -> tuple[int, ...]:
 def lock_upper(upper: Path) -> int:
     """Lock ``upper`` alone (``overlayboot upper seal``); UpperInUse if a daemon has it."""
     return _lock_dir(upper, "upper dir")
-
-
-def held_by_a_daemon(upper: Path) -> bool:
-    """Whether a running daemon holds ``upper`` (the lock cannot be taken now)."""
-    try:
-        fd = _lock_dir(upper, "upper dir")
-    except UpperInUse:
-        return True
-    except (MountError, OSError):
-        return False
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    return False

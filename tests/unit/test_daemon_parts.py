@@ -69,12 +69,13 @@ def test_upper_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     upper.mkdir()
     work.mkdir()
     fds = upperlock.lock_layers(upper, work)
-    assert upperlock.held_by_a_daemon(upper)
+    with pytest.raises(upperlock.UpperInUse, match=r"upper dir .* is in use"):
+        upperlock.lock_upper(upper)
     with pytest.raises(upperlock.UpperInUse, match=r"upper dir .* is in use"):
         upperlock.lock_layers(upper, work)
     for fd in fds:
         os.close(fd)
-    assert not upperlock.held_by_a_daemon(upper)
+    os.close(upperlock.lock_upper(upper))
     for fd in upperlock.lock_layers(upper, work):
         os.close(fd)
 
