@@ -92,6 +92,7 @@ class Op:
     line: str
     steps: tuple[tuple[str, str], ...]
     syncs: tuple[str, ...] = ()  # objects durable once the guest reports this op
+    renamed: tuple[str, ...] = ()  # objects given a new inode by a rename (its data unsynced)
     expect: str = ""  # what the guest must report after an fsync (its view, live)
 
 
@@ -141,9 +142,11 @@ class _Planner:
             self.tree[k] = names[0] if names and names[0] else f"d{k}"
         self.ops: list[Op] = []
 
-    def add(self, verb: str, args: str, steps: list[tuple[str, str]]) -> None:
+    def add(
+        self, verb: str, args: str, steps: list[tuple[str, str]], renamed: tuple[str, ...] = ()
+    ) -> None:
         idx = len(self.ops)
-        self.ops.append(Op(idx, f"{verb} {idx} {args}", tuple(steps)))
+        self.ops.append(Op(idx, f"{verb} {idx} {args}", tuple(steps), renamed=renamed))
 
     def set_small(self, path: str, data: bytes | None) -> tuple[str, str]:
         self.small[path] = data
@@ -166,7 +169,7 @@ class _Planner:
         tmp, data = path + ".tmp", small_pattern(n)
         steps = [self.set_small(tmp, b""), self.set_small(tmp, data)]
         steps += [self.set_small(path, data), self.set_small(tmp, None)]
-        self.add("rep", f"{path} s{n}", steps)
+        self.add("rep", f"{path} s{n}", steps, renamed=(f"f:{path}",))
 
     def append(self) -> None:
         path, n = self.small_path(), self.rng.randrange(RECORDS)
@@ -254,7 +257,8 @@ def _durable(rnd: Round, fsynced: Mapping[int, str]) -> dict[str, int]:
 class Verdict:
     problems: list[str]  # a report that differed from the plan, a torn or unknown version,
     # a version older than the last fsync
-    zero_tails: list[str]  # files that grew and were not fsynced: their new size, zeros there
+    unflushed: list[str]  # not-fsynced data that did not reach the disk: zeros where a file
+    # grew, or a file renamed into place that reads empty (or as zeros)
 
 
 def zero_extended(got: bytes, allowed: Iterable[str], contents: Mapping[str, bytes]) -> bool:
@@ -275,14 +279,28 @@ def zero_extended(got: bytes, allowed: Iterable[str], contents: Mapping[str, byt
     return False
 
 
+def unflushed_rename(got: bytes, allowed: Iterable[str], contents: Mapping[str, bytes]) -> bool:
+    """``got`` is a file renamed into place whose data never reached the disk: empty, or
+    zeros to the length of an allowed version.
+
+    ext4 allocates a new file's blocks at writeback (delayed allocation); a rename
+    commits at once, and flushes the renamed file's data first only when it replaces an
+    existing name (auto_da_alloc). A rename to a new name can reach the disk before the
+    data written under the temporary name, the same under kernel overlayfs; a program
+    that needs the data makes it durable with fsync."""
+    if got.strip(b"\0"):
+        return False
+    return not got or any(len(contents[v]) == len(got) for v in allowed if v in contents)
+
+
 def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> Verdict:
-    """What is wrong after a cut, and which files showed a zero tail."""
+    """What is wrong after a cut, and which files showed unflushed data."""
     problems = [
         f"op {idx} ({rnd.ops[idx].line}): the guest saw {got}, planned {rnd.ops[idx].expect}"
         for idx, got in sorted(fsynced.items())
         if got != rnd.ops[idx].expect
     ]
-    zero_tails: list[str] = []
+    unflushed: list[str] = []
     hist, durable = _histories(rnd), _durable(rnd, fsynced)
     for key in sorted(hist.keys() | seen.values.keys()):
         versions = hist.get(key, [(-1, ABSENT)])
@@ -293,12 +311,16 @@ def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> Verdict:
         if got in allowed:
             continue
         data = seen.files.get(key[2:]) if key.startswith("f:") else None
-        if data is not None and zero_extended(data, allowed, rnd.contents):
-            zero_tails.append(key)
+        renamed = any(op.idx > last_sync and key in op.renamed for op in rnd.ops)
+        if data is not None and (
+            zero_extended(data, allowed, rnd.contents)
+            or renamed and unflushed_rename(data, allowed, rnd.contents)
+        ):
+            unflushed.append(key)
             continue
         why = f"fsynced at op {last_sync}" if last_sync >= 0 else "none fsynced"
         problems.append(f"{key}: {got} is none of its versions {allowed} ({why})")
-    return Verdict(problems, zero_tails)
+    return Verdict(problems, unflushed)
 
 
 def _small_and_big(root: Path, values: dict[str, str], files: dict[str, bytes]) -> None:

@@ -66,7 +66,7 @@ class Cut:
     said: Console
     fsck: str
     problems: list[str]
-    zero_tails: list[str]  # files grown, not fsynced: the new size with zeros (ext4 allows it)
+    unflushed: list[str]  # not-fsynced data not on disk: zeros, or empty after a rename
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +91,10 @@ def _one_boot(
 
 def _summary(cuts: list[Cut], seed: int, started: float) -> str:
     clean = sum(1 for c in cuts if not c.problems)
-    tails = sum(len(c.zero_tails) for c in cuts)
+    tails = sum(len(c.unflushed) for c in cuts)
     lines = [
         f"power cuts: {len(cuts)} cuts, {clean} clean (seed {seed}, "
-        f"{time.monotonic() - started:.0f} s; {tails} not-fsynced appends seen as zeros)"
+        f"{time.monotonic() - started:.0f} s; {tails} not-fsynced writes seen as zeros or empty)"
     ]
     for c in cuts:
         what = (
@@ -105,7 +105,7 @@ def _summary(cuts: list[Cut], seed: int, started: float) -> str:
         lines.append(
             f"  cut {c.k}: shell at {c.said.up_at:.0f} s, cut after op {c.said.last_op} "
             f"({c.said.ran_for:.1f} s of workload, {len(c.said.fsynced)} fsyncs reported), "
-            f"fsck: {c.fsck}, {len(c.zero_tails)} zero tails: {what}"
+            f"fsck: {c.fsck}, {len(c.unflushed)} unflushed: {what}"
         )
     return "\n".join(lines)
 
@@ -144,7 +144,7 @@ def test_power_cuts_leave_every_fsynced_file_and_no_torn_one(
             check = check_partition(rw, lower, tmp_path)
             problems = [*check.problems, *(f"failed in the guest: {f}" for f in said.failed)]
             judged = verdict(rnd, check.seen, said.fsynced) if check.seen else Verdict([], [])
-            cuts.append(Cut(k, said, check.fsck, problems + judged.problems, judged.zero_tails))
+            cuts.append(Cut(k, said, check.fsck, problems + judged.problems, judged.unflushed))
             if check.seen is None:
                 break  # nothing to plan the next round on
             seen = check.seen

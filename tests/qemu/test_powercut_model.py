@@ -16,10 +16,13 @@ from tests.qemu.powercut import build_root
 from tests.qemu.powercut_model import (
     ABSENT,
     Observed,
+    Op,
+    Round,
     Verdict,
     md5,
     observe,
     plan,
+    small_pattern,
     verdict,
     zero_extended,
 )
@@ -80,3 +83,23 @@ def test_a_zero_tail_is_only_a_growth_without_its_data() -> None:
     assert not zero_extended(b"a" * 90 + b"\0" * 74, allowed, versions)  # old data lost
     assert not zero_extended(old + b"r" * 32 + b"\0" * 32, allowed, versions)  # torn
     assert not zero_extended(old + b"\0" * 64, [md5(new)], versions)  # old is before a fsync
+
+
+def test_a_file_renamed_into_place_may_read_empty_until_fsynced() -> None:
+    """CI's cut: ``cat > n8.tmp && mv n8.tmp n8`` onto a new name, cut before writeback:
+    ext4 committed the rename, not the delayed data. Accepted and counted, unless the file
+    was fsynced after the rename; an empty file nothing renamed stays a problem."""
+    data, key = small_pattern(3), "f:/new/n8"
+    steps = ((key + ".tmp", md5(b"")), (key + ".tmp", md5(data)), (key, md5(data)))
+    steps += ((key + ".tmp", ABSENT),)
+    rep = Op(0, "rep 0 /new/n8 s3", steps, renamed=(key,))
+    sync = Op(1, "sync 1 /new/n8", (), (key,), md5(data))
+    empty = Observed({key: md5(b"")}, {"/new/n8": b""}, {})
+    rnd = Round(Observed({}, {}, {}), (rep,), {md5(data): data, md5(b""): b""})
+    assert verdict(rnd, empty, {}) == Verdict([], [key])
+    zeros = Observed({key: md5(bytes(len(data)))}, {"/new/n8": bytes(len(data))}, {})
+    assert verdict(rnd, zeros, {}) == Verdict([], [key])
+    synced = Round(rnd.baseline, (rep, sync), rnd.contents)
+    assert verdict(synced, empty, {1: md5(data)}).problems
+    plain = Round(rnd.baseline, (Op(0, "x", ((key, md5(data)),)),), rnd.contents)
+    assert verdict(plain, empty, {}).problems
