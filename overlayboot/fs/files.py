@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from overlayboot.fs import longpath
 from overlayboot.fs.chunked import ChunkedFile
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
@@ -90,7 +91,7 @@ class OpenFiles:
             fd = self._open_real(path, mode | extra)
             partial = self._partial_of(fd, path)
         else:
-            fd = os.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = longpath.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         return self.add(FileHandle(node, fd, node.upper, writable, partial, bool(extra)))
 
     def adopt_created(self, node: Node, fd: int) -> int:
@@ -99,11 +100,11 @@ class OpenFiles:
 
     def _open_real(self, path: bytes, flags: int) -> int:
         try:
-            return os.open(path, flags | os.O_NOFOLLOW)
+            return longpath.open(path, flags | os.O_NOFOLLOW)
         except PermissionError:
             if not flags & os.O_NOATIME:
                 raise
-            return os.open(path, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW)  # not the owner
+            return longpath.open(path, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW)  # not the owner
 
     def _partial_of(self, fd: int, path: bytes) -> ChunkedFile | None:
         """The partial copy-up behind ``fd``, an upper file just opened (closed on failure)."""

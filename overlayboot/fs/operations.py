@@ -23,7 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from overlayboot.fs import attrs, dirops
+from overlayboot.fs import attrs, dirops, longpath
 from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
 from overlayboot.fs.files import OpenFiles
@@ -195,7 +195,7 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.readlink(self.overlay.real_path(self.overlay.node(inode)))
+        return longpath.readlink(self.overlay.real_path(self.overlay.node(inode)))
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -409,7 +409,7 @@ class OverlayOperations(pyfuse3.Operations):
         listing = self.dirs.get(fh)
         if listing is None or not listing.node.upper:
             return
-        fd = os.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
+        fd = longpath.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:

@@ -20,9 +20,12 @@ _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_cha
 _renameat2.restype = ctypes.c_int
 
 
-def renameat2(old: bytes, new: bytes, flags: int = 0) -> None:
-    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT)."""
-    if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+def renameat2(
+    old: bytes, new: bytes, flags: int = 0, old_dir: int = AT_FDCWD, new_dir: int = AT_FDCWD
+) -> None:
+    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT), each
+    name relative to its directory fd (or the working directory)."""
+    if _renameat2(old_dir, old, new_dir, new, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old, None, new)
 
