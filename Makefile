@@ -6,6 +6,10 @@ PYTHON_SYS ?= /usr/bin/python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# tests run on this many pytest-xdist workers (QEMU guests and FUSE daemons are mostly
+# one busy thread each: 2 workers use both cores of a 2-core CI machine); 0 = in-process
+PYTEST_JOBS ?= 2
+PYTEST_PAR := $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadfile)
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
@@ -54,14 +58,14 @@ SLOW_TIER := slow or powercut or oom
 
 # the default run: everything but the slow tier (unit, real FUSE mounts, QEMU boots)
 pytest: deps
-	$(PY) -m pytest -m "not ($(SLOW_TIER))" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PAR) -m "not ($(SLOW_TIER))" $(PYTEST_ARGS)
 
 test: imports lint typecheck pytest
 
 # the slow tier (a debootstrapped Debian root with systemd under QEMU, build all, kill -9
 # crashes, power cuts, out of memory, 2-vCPU boots in a row): CI runs it too
 test-slow: deps
-	$(PY) -m pytest -m "$(SLOW_TIER)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PAR) -m "$(SLOW_TIER)" $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) -m overlayboot demo

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage import grub, rootfs
+from mkimage.cachelock import cache_lock
 from mkimage.config import ImageSpec
 from mkimage.iso import IsoSpec, build_iso
 from mkimage.kernel import DEFAULT_CACHE, Kernel, fetch_kernel, kernel_from_dirs
@@ -77,8 +78,9 @@ def make_root(spec: ImageSpec, dest: Path, cache: Path) -> rootfs.Root:
         root = rootfs.build_busybox_root(dest)
     elif r.source == "debian":
         cached = cache / f"rootfs-debian-{rootfs.DEBIAN_SUITE}"
-        if rootfs.find_init(cached) is None:
-            rootfs.build_debian_root(cached)
+        with cache_lock(cache, cached.name):
+            if rootfs.find_init(cached) is None:
+                rootfs.build_debian_root(cached)
         root = rootfs.copy_root(cached, dest)
     else:
         assert r.path is not None
