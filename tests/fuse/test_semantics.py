@@ -287,6 +287,74 @@ def _deep_changes(fd: int) -> None:
     os.symlink("moved", "link", dir_fd=fd)
 
 
+LEAF = 2  # the length of every name made at the bottom of the near-limit directory
+
+
+def _near_limit_dir(mnt: str) -> str:
+    """A relative directory path that makes ``MNT/REL/xx`` exactly 4095 bytes, the most
+    a path may hold; the same names under the upper dir (3 bytes longer) go past it."""
+    want = 4095 - len(mnt) - 2 - LEAF
+    parts: list[str] = []
+    while len("/".join(parts)) < want - 201:
+        parts.append("d" * 200)
+    parts.append("e" * (want - len("/".join(parts)) - (1 if parts else 0)))
+    return "/".join(parts)
+
+
+def _lower_chain(o: Ovl, rel: str) -> None:
+    fd = os.open(o.lower1, os.O_RDONLY)
+    try:
+        for part in rel.split("/"):
+            os.mkdir(part, dir_fd=fd)
+            fd, old = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+        leaf = os.open("lf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"lower\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_operation_at_the_path_limit(ovl_factory: OvlFactory, kind: str) -> None:
+    """Paths of 4095 bytes through the mount (the kernel's limit), whose upper paths are
+    longer: each system call the issue listed, as kernel overlayfs takes them."""
+    o = ovl_factory(kind, prepare=lambda o: _lower_chain(o, _near_limit_dir(o.m())))
+    d = o.m(_near_limit_dir(o.m()))
+    assert len(f"{d}/xx") == 4095
+
+    def p(name: str) -> str:
+        return f"{d}/{name}"
+
+    with open(p("f1"), "w") as f:
+        f.write("one")
+    os.chown(p("f1"), 12, 34)
+    os.chmod(p("f1"), 0o600)
+    os.truncate(p("f1"), 2)
+    os.link(p("f1"), p("f2"))
+    os.mkfifo(p("fi"))
+    os.mknod(p("nd"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkdir(p("dd"))
+    os.rmdir(p("dd"))
+    os.symlink("f1", p("sl"))
+    os.unlink(p("f2"))
+    os.rename(p("lf"), p("mv"))  # the lower file: a whiteout at the old name
+    os.chmod(p("mv"), 0o640)
+    for remounted in (False, True):
+        if remounted:
+            o.remount()
+        assert sorted(os.listdir(d)) == ["f1", "fi", "mv", "nd", "sl"], remounted
+        st = os.lstat(p("f1"))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (12, 34, 0o600)
+        assert (st.st_size, st.st_nlink) == (2, 1)
+        assert stat.S_ISFIFO(os.lstat(p("fi")).st_mode)
+        assert os.lstat(p("nd")).st_rdev == os.makedev(1, 3)
+        assert os.readlink(p("sl")) == "f1"
+        with open(p("mv")) as f:
+            assert f.read() == "lower\n"
+        assert stat.S_IMODE(os.lstat(p("mv")).st_mode) == 0o640
+
+
 # -- whiteouts and opaque directories -----------------------------------------------
 
 
