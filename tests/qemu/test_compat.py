@@ -69,18 +69,24 @@ def exfat_disk(dest: Path, files: dict[str, Path], size_mib: int = 64) -> Path:
     subprocess.run(["mkfs.exfat", "-L", "STICK", str(fs)], check=True, capture_output=True)
     mnt = dest.with_suffix(".mnt")
     mnt.mkdir()
-    # exfat-fuse in the foreground: once it exits after the unmount, all is written
-    daemon = subprocess.Popen(["mount.exfat-fuse", "-d", str(fs), str(mnt)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    loop = subprocess.run(["losetup", "-f", "--show", str(fs)], check=True, capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
     try:
-        poll_until(lambda: mnt.is_mount() or daemon.poll() is not None, 10, "exfat-fuse mount")
-        assert mnt.is_mount(), f"exfat-fuse did not mount (exit code {daemon.poll()})"
-        for rel, src in files.items():
-            (mnt / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, mnt / rel)
+        # exfat-fuse (it wants a block device) in the foreground: a fuseblk unmount waits
+        # for it to write everything, and it has ended once it returns
+        daemon = subprocess.Popen(["mount.exfat-fuse", "-d", loop, str(mnt)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            poll_until(lambda: mnt.is_mount() or daemon.poll() is not None, 10, "exfat mount")
+            assert mnt.is_mount(), f"exfat-fuse did not mount (exit code {daemon.poll()})"
+            for rel, src in files.items():
+                (mnt / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, mnt / rel)
+        finally:
+            subprocess.run(["umount", str(mnt)], check=False)
+            daemon.wait(timeout=30)
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        daemon.wait(timeout=30)
+        subprocess.run(["losetup", "-d", loop], check=True)
     part = Partition(1, TYPE_EXFAT, 2048, (size_mib - 1) * 2048)
     table = add_partition(new_table(0x0B5E55ED), part)
     with open(dest, "wb") as out:
