@@ -77,6 +77,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.__main__",
     "overlayboot.cli",
     "overlayboot.cmdline",
+    "overlayboot.mediacheck",  # hooks/25-check.sh
     "overlayboot.probe",
     "overlayboot.status",
     "overlayboot.fs.config",

@@ -10,9 +10,9 @@ Parameters (also the README's table): ``overlayboot.medium=``,
 ``overlayboot.image=``, ``overlayboot.findiso=``, ``overlayboot.upper=``,
 ``overlayboot.upper.size=``, ``overlayboot.toram``, ``overlayboot.overlay=``,
 ``overlayboot.break=``, ``overlayboot.debug``, ``overlayboot.timeout=``,
-``overlayboot.onerror=``, ``init=``; and dracut's ``root=live:…``,
-``rd.live.image``, ``rd.live.squashimg=``, ``rd.live.ram``, ``rd.live.overlay=``,
-``rd.live.overlay.size=`` where they mean the same thing.
+``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and dracut's ``root=live:…``.
+live-boot's, archiso's and dracut's other parameters are translated to these first
+(:mod:`overlayboot.bootparams`); an error in one names the parameter as typed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from overlayboot.bootparams import translate
 from overlayboot.errors import UsageError
 
 PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "overlay", "switch")
@@ -58,6 +59,7 @@ class BootConfig:
     upper_dir: str = ""  # a directory on the persistence device
     upper_size: str = "50%"
     toram: bool = False
+    check: bool = False  # the medium against its SHA256SUMS (hooks/25-check.sh)
     overlay: str = "fuse"
     breaks: frozenset[str] = frozenset()
     debug: bool = False
@@ -145,44 +147,37 @@ def _phase_list(value: str | None) -> frozenset[str]:
     return frozenset(out)
 
 
-def _dracut_overlay(value: str, cfg: BootConfig) -> BootConfig:
-    """rd.live.overlay=DEVSPEC[:PATH] (dracut's persistent overlay)."""
-    if value.lower() == "none":
-        return replace(cfg, upper=None)
-    dev, _, path = value.partition(":")
-    return replace(cfg, upper=parse_device(dev, "rd.live.overlay"), upper_dir=path.strip("/"))
-
-
 def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootConfig:
     """Parse a kernel command line over the image's baked-in defaults."""
     params: list[tuple[str, str | None]] = []
     for dkey, dvalue in (defaults or {}).items():
         params.append((dkey if "." in dkey or dkey == "init" else f"overlayboot.{dkey}", dvalue))
-    params += split_cmdline(text)
+    origins: list[str | None] = [None] * len(params)
+    foreign = translate(split_cmdline(text))  # live-boot, archiso, dracut: bootparams.py
+    params += foreign.params
+    origins += foreign.origins
     cfg = BootConfig(medium=DeviceSpec("label", DEFAULT_LABEL))
-    warnings: list[str] = []
-    for key, value in params:
-        if key == "root" and value and value.startswith("live:"):
-            cfg = replace(cfg, medium=parse_device(value[5:], "root=live:"))
-        elif key == "init":
-            if not value or not value.startswith("/"):
-                raise CmdlineError(f"init={value!r} is not an absolute path")
-            cfg = replace(cfg, init=value)
-        elif key == "rd.live.image":
-            pass
-        elif key == "rd.live.squashimg" and value:
-            cfg = replace(cfg, image=value if value.startswith("/") else f"/LiveOS/{value}")
-        elif key == "rd.live.ram":
-            cfg = replace(cfg, toram=_flag(value, key))
-        elif key == "rd.live.overlay" and value:
-            cfg = _dracut_overlay(value, cfg)
-        elif key == "rd.live.overlay.size" and value:
-            cfg = replace(
-                cfg, upper_size=parse_size(value + "M" if value.isdigit() else value, key)
-            )
-        elif key.startswith("overlayboot."):
-            cfg = _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    warnings: list[str] = list(foreign.warnings)
+    for (key, value), origin in zip(params, origins, strict=True):
+        try:
+            cfg = _param(cfg, key, value, warnings)
+        except CmdlineError as exc:
+            if origin is None:
+                raise
+            raise CmdlineError(f"{origin}: {exc.message}", exc.hint) from None
     return replace(cfg, warnings=tuple(warnings))
+
+
+def _param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
+    if key == "root" and value and value.startswith("live:"):
+        return replace(cfg, medium=parse_device(value[5:], "root=live:"))
+    if key == "init":
+        if not value or not value.startswith("/"):
+            raise CmdlineError(f"init={value!r} is not an absolute path")
+        return replace(cfg, init=value)
+    if key.startswith("overlayboot."):
+        return _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    return cfg
 
 
 def _need(value: str | None, key: str) -> str:
@@ -213,6 +208,8 @@ def _overlayboot_param(
         return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
     if key == "toram":
         return replace(cfg, toram=_flag(value, "overlayboot.toram"))
+    if key == "check":
+        return replace(cfg, check=_flag(value, "overlayboot.check"))
     if key == "overlay":
         v = _need(value, key)
         if v not in ("fuse", "kernel"):
@@ -274,6 +271,7 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_UPPER_DIR": cfg.upper_dir,
         "OB_UPPER_SIZE": cfg.upper_size,
         "OB_TORAM": "1" if cfg.toram else "",
+        "OB_CHECK": "1" if cfg.check else "",
         "OB_OVERLAY": cfg.overlay,
         "OB_BREAK": " ".join(p for p in PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",
@@ -282,7 +280,7 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_ONERROR": cfg.onerror,
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
-    lines += [f"echo {shlex.quote('overlayboot: warning: ' + w)} >&2" for w in cfg.warnings]
+    lines += [f"echo {shlex.quote('WARNING: overlayboot: ' + w)} >&2" for w in cfg.warnings]
     return "\n".join(lines) + "\n"
 
 
