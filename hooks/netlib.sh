@@ -65,3 +65,87 @@ static_ip() {
 lease() {
     sed -n "s/^$1=//p" "$OB_NET_DIR/lease" 2>/dev/null | head -n 1
 }
+
+# --- phase fetch -----------------------------------------------------------------------
+
+# args: SERVER-ADDRESS REMOTE-PATH DIR; mounts the NFS export read-only at DIR (NFSv4.2,
+# then 4.1: the kernel takes text options, no mount.nfs needed); prints the error on failure
+nfs_mount() {
+    mkdir -p "$3"
+    for v in 4.2 4.1; do
+        err=$(mount -t nfs4 -o "ro,hard,vers=$v,proto=tcp,port=$OB_NET_PORT,addr=$1,timeo=50" \
+            "$1:$2" "$3" 2>&1) && return 0
+    done
+    echo "${err#mount: }"
+    return 1
+}
+
+# args: SERVER-ADDRESS; an NFS lower (see 25-fetch.sh)
+nfs_lower() {
+    nfs=$OB_RUN/nfs
+    path=$OB_NET_PATH
+    [ -n "$OB_NET_IMAGE_FILE" ] && path=${OB_NET_PATH%/*}
+    err=$(nfs_mount "$1" "${path:-/}" "$nfs") ||
+        die "cannot mount the NFS export $OB_NET_HOST:${path:-/}: $err (is that path exported? overlayboot.lower=$OB_NET_LOWER)"
+    log "fetch: NFS $OB_NET_HOST:${path:-/} mounted read-only"
+    if [ -n "$OB_NET_IMAGE_FILE" ]; then
+        OB_IMAGE_FILE=$nfs/${OB_NET_PATH##*/}
+        [ -f "$OB_IMAGE_FILE" ] ||
+            die "no image ${OB_NET_PATH##*/} in the NFS export $OB_NET_HOST:$path; it holds: $(ls "$nfs" | tr '\n' ' ')"
+    elif [ -f "$nfs$OB_IMAGE" ]; then
+        OB_IMAGE_FILE=$nfs$OB_IMAGE
+    elif [ -e "$nfs$OB_INIT" ] || [ -L "$nfs$OB_INIT" ]; then
+        nfs_tree "$nfs"
+    else
+        die "the NFS export $OB_NET_HOST:$path holds neither an image $OB_IMAGE (overlayboot.image=) nor a root tree with $OB_INIT; it holds: $(ls "$nfs" | tr '\n' ' ')"
+    fi
+}
+
+# args: DIR; the NFS tree at DIR becomes the lower as it is (bound at $OB_RUN/lower)
+nfs_tree() {
+    OB_LOWER=$OB_RUN/lower
+    mkdir -p "$OB_LOWER"
+    mount --bind "$1" "$OB_LOWER" || die "cannot bind the NFS tree at $OB_LOWER"
+    OB_LEGACY_ID=nfs-tree
+    OB_IMAGE_ID=
+    if [ -f "$OB_LOWER/$OB_IMAGE_ID_FILE" ]; then
+        OB_IMAGE_ID=$(head -c 65 "$OB_LOWER/$OB_IMAGE_ID_FILE" | tr -d '\n')
+        valid_id "$OB_IMAGE_ID" || die "the NFS tree has a bad /$OB_IMAGE_ID_FILE ('$OB_IMAGE_ID')"
+        state image_id "$OB_IMAGE_ID"
+    elif [ "$OB_UPPER_KIND" != tmpfs ]; then
+        die "the NFS tree has no /$OB_IMAGE_ID_FILE: its changes cannot be kept on a persistence partition (boot with overlayboot.upper=tmpfs, or put an id there)"
+    fi
+    state image "$OB_NET_LOWER"
+    log "lower: the NFS tree $OB_NET_HOST:$OB_NET_PATH${OB_IMAGE_ID:+ (image id $OB_IMAGE_ID)}"
+    OB_LOWER_READY=1
+}
+
+# args: SERVER-ADDRESS; the http(s) image fetched whole into a tmpfs, its sha256 checked
+http_whole() {
+    mkdir -p "$OB_RUN/toram"
+    mount -t tmpfs -o "size=90%,mode=0700" tmpfs "$OB_RUN/toram" ||
+        die "cannot make a tmpfs for the image"
+    OB_IMAGE_FILE=$OB_RUN/toram/image.squashfs
+    log "fetch: $OB_NET_LOWER into RAM"
+    "$OB_RUN/runtime/python" -m overlayboot.net.fetch "$OB_NET_LOWER" "$OB_IMAGE_FILE" \
+        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" \
+        > "$OB_RUN/net/fetch.out" 2>&1 ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/fetch.out" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
+    log "fetch: $(cat "$OB_RUN/net/fetch.out")"
+    state toram yes
+    state image "$OB_NET_LOWER"
+}
+
+# args: SERVER-ADDRESS; the http image as a file read lazily (overlayboot.net.httpfs),
+# chrooted in $OB_RUN as the overlay daemon is (so it survives switch_root)
+http_lazy() {
+    daemon_root || die "cannot prepare $OB_RUN for the lazy HTTP reader"
+    mkdir -p "$OB_RUN/http"
+    chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-http -m overlayboot.net.httpfs \
+        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" \
+        --patience "$OB_TIMEOUT" --log /httpfs.log --as-root 2> "$OB_RUN/net/httpfs.err" ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/httpfs.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER; log: $OB_RUN/httpfs.log)"
+    OB_IMAGE_FILE=$OB_RUN/http/image.squashfs
+    log "fetch: $OB_NET_LOWER read lazily ($((OB_NET_CACHE >> 20)) MiB cache)"
+    state image "$OB_NET_LOWER"
+}

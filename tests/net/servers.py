@@ -32,8 +32,9 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 def port_open(address: str, port: int, netns: str | None = None) -> bool:
     if netns is not None:
-        probe = ["ip", "netns", "exec", netns, "nc", "-z", address, str(port)]
-        return subprocess.run(probe, capture_output=True).returncode == 0
+        probe = ["ip", "netns", "exec", netns, "ss", "-Hltn", f"src {address}:{port}"]
+        res = subprocess.run(probe, capture_output=True, text=True)
+        return res.returncode == 0 and "LISTEN" in res.stdout
     try:
         with socket.create_connection((address, port), timeout=1):
             return True
@@ -141,3 +142,157 @@ def nginx(
     finally:
         server.stop()
         wait_exit(proc.pid, 5)
+
+
+@dataclass
+class Dnsmasq:
+    """A running dnsmasq: DHCP (and DNS for ``names``, TFTP when given a root)."""
+
+    prefix: Path
+    proc: subprocess.Popen[bytes]
+
+    def leases(self) -> list[str]:
+        path = self.prefix / "leases"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def log(self) -> str:
+        path = self.prefix / "dnsmasq.log"
+        return path.read_text() if path.exists() else ""
+
+
+def dnsmasq_argv(
+    prefix: Path, subnet: str, server: str, names: dict[str, str], tftp: Path | None
+) -> list[str]:
+    argv = [
+        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--user=root",
+        "--interface=br0", "--bind-interfaces", "--no-resolv", "--no-hosts",
+        f"--listen-address={server}", f"--dhcp-range={subnet}.100,{subnet}.199,255.255.255.0,1h",
+        f"--dhcp-leasefile={prefix}/leases", f"--pid-file={prefix}/dnsmasq.pid",
+        f"--log-facility={prefix}/dnsmasq.log", "--log-dhcp", "--dhcp-authoritative",
+        f"--dhcp-option=option:dns-server,{server}",
+    ]  # fmt: skip
+    argv += [f"--address=/{name}/{addr}" for name, addr in names.items()]
+    if tftp is not None:
+        argv += ["--enable-tftp", f"--tftp-root={tftp}"]
+    return argv
+
+
+@contextmanager
+def dnsmasq(
+    prefix: Path,
+    netns: str,
+    subnet: str,
+    server: str,
+    names: dict[str, str] | None = None,
+    tftp: Path | None = None,
+    extra: Sequence[str] = (),
+) -> Iterator[Dnsmasq]:
+    """dnsmasq in ``netns`` on br0 only: DHCP for ``subnet``.100-199, DNS for ``names``."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    argv = in_netns([*dnsmasq_argv(prefix, subnet, server, names or {}, tftp), *extra], netns)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        poll_until(
+            lambda: proc.poll() is not None or (prefix / "dnsmasq.pid").exists(),
+            10,
+            "dnsmasq started",
+        )
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"dnsmasq did not start: {err.strip()}")
+        yield Dnsmasq(prefix, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+GANESHA = "/usr/bin/ganesha.nfsd"
+
+
+def ganesha_conf(export: Path, pseudo: str, address: str, prefix: Path) -> str:
+    return f"""NFS_CORE_PARAM {{
+    Protocols = 4;
+    NFS_Port = 2049;
+    Bind_addr = {address};
+    Enable_NLM = false;
+    Enable_RQUOTA = false;
+}}
+NFSV4 {{
+    Graceless = true;
+    Lease_Lifetime = 15;
+    Minor_Versions = 1, 2;
+    RecoveryBackend = fs;
+    RecoveryRoot = {prefix}/recovery;
+}}
+NFS_KRB5 {{ Active_krb5 = false; }}
+EXPORT {{
+    Export_Id = 1;
+    Path = {export};
+    Pseudo = {pseudo};
+    Access_Type = RO;
+    Squash = No_Root_Squash;
+    SecType = sys;
+    Protocols = 4;
+    Transports = TCP;
+    FSAL {{ Name = VFS; }}
+}}
+LOG {{ Default_Log_Level = EVENT; }}
+"""
+
+
+@dataclass
+class Ganesha:
+    """A running nfs-ganesha exporting one directory read-only (NFSv4.1/4.2, TCP)."""
+
+    export: Path
+    pseudo: str
+    address: str
+    prefix: Path
+    netns: str
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        (self.prefix / "recovery").mkdir(exist_ok=True)
+        conf = self.prefix / "ganesha.conf"
+        conf.write_text(ganesha_conf(self.export, self.pseudo, self.address, self.prefix))
+        argv = [GANESHA, "-F", "-f", str(conf), "-L", str(self.prefix / "ganesha.log"),
+                "-p", str(self.prefix / "ganesha.pid")]  # fmt: skip
+        self.proc = subprocess.Popen(
+            in_netns(argv, self.netns), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        proc = self.proc
+        poll_until(
+            lambda: proc.poll() is not None or port_open(self.address, 2049, self.netns),
+            30,
+            "ganesha listening",
+        )
+        if proc.poll() is not None:
+            raise RuntimeError(f"ganesha did not start: {self.log()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        path = self.prefix / "ganesha.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextmanager
+def ganesha(export: Path, pseudo: str, address: str, prefix: Path, netns: str) -> Iterator[Ganesha]:
+    """nfs-ganesha in ``netns`` exporting ``export`` as ``pseudo``, stopped at the end."""
+    if shutil.which(GANESHA) is None:
+        raise FileNotFoundError("nfs-ganesha is not installed (nfs-ganesha, nfs-ganesha-vfs)")
+    server = Ganesha(export, pseudo, address, prefix, netns)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
