@@ -1,6 +1,8 @@
 # Phase "medium": find the boot medium and mount it read-only at $OB_RUN/medium.
 # In: OB_MEDIUM_KIND/OB_MEDIUM (label, uuid, partlabel, path, or scan), OB_FINDISO, OB_IMAGE,
 # OB_TIMEOUT. Out: OB_IMAGE_FILE, the squashfs to mount (a file, or a device holding one).
+# Not with a network lower (overlayboot.lower=): phase fetch finds the image then.
+[ -z "$OB_NET_LOWER" ] || return 0
 medium_dir=$OB_RUN/medium
 mkdir -p "$medium_dir"
 

@@ -5,6 +5,8 @@
 # (computed only when a persistence partition needs it: it reads the whole image).
 # In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
 # needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
+# Nothing to do when phase fetch has mounted an NFS tree as the lower (OB_LOWER_READY).
+[ -z "${OB_LOWER_READY:-}" ] || return 0
 OB_LOWER=$OB_RUN/lower
 mkdir -p "$OB_LOWER"
 

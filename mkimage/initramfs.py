@@ -7,6 +7,7 @@ Layout (paths inside the archive; the boot flow relies on them)::
     /lib/modules/VERSION/kernel/...       the modules (.ko.xz as packaged), with a
     /lib/modules/VERSION/modules.dep      modules.dep of just those, and modules.builtin
     /usr/lib/overlayboot/modules.load     absolute paths of the modules, in load order
+    /usr/lib/overlayboot/net-modules.load the network boot's (NIC, NFS), in load order
     /usr/lib/overlayboot/runtime/         the Python runtime (see mkimage.runtime)
     /usr/lib/overlayboot/hooks/           hooks/ of the repo
     /etc/overlayboot/image.conf           the image's settings, ``KEY='value'`` (sh)
@@ -38,7 +39,15 @@ from mkimage.cpio import (
 )
 from mkimage.elf import read_elf
 from mkimage.kernel import Kernel
-from mkimage.modules import BOOT_MODULES, ModuleSet, module_name, parse_dep, resolve
+from mkimage.modules import (
+    BOOT_MODULES,
+    NET_MODULES,
+    ModuleSet,
+    module_name,
+    parse_dep,
+    resolve,
+    resolve_extra,
+)
 from overlayboot.errors import OverlaybootError, UsageError
 from overlayboot.run import run, which
 
@@ -48,6 +57,7 @@ DEFAULT_LABEL = "OVERLAYBOOT"
 RUNTIME_DIR = PurePosixPath("/usr/lib/overlayboot/runtime")
 HOOKS_DIR = PurePosixPath("/usr/lib/overlayboot/hooks")
 MODULES_LOAD = PurePosixPath("/usr/lib/overlayboot/modules.load")
+NET_MODULES_LOAD = PurePosixPath("/usr/lib/overlayboot/net-modules.load")
 IMAGE_CONF = PurePosixPath("/etc/overlayboot/image.conf")
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 
@@ -97,6 +107,7 @@ class InitramfsSpec:
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
     image: ImageConfig = field(default_factory=ImageConfig)
     modules: tuple[str, ...] = BOOT_MODULES
+    net_modules: tuple[str, ...] = NET_MODULES  # loaded by phase network only
     busybox: Path = Path("/bin/busybox")
     hooks: Path | None = None  # default: hooks/ of the repo
     runtime: rt.RuntimeSpec = field(default_factory=rt.RuntimeSpec)
@@ -124,6 +135,7 @@ def image_conf(spec: InitramfsSpec, modules: ModuleSet) -> str:
         "OVERLAYBOOT_DAEMON_ARGV0": rt.DAEMON_ARGV0,
         "OVERLAYBOOT_HOOKS": str(HOOKS_DIR),
         "OVERLAYBOOT_MODULES_LOAD": str(MODULES_LOAD),
+        "OVERLAYBOOT_NET_MODULES_LOAD": str(NET_MODULES_LOAD),
         "OVERLAYBOOT_BUILTIN_MODULES": " ".join(modules.builtin),
     }
     head = "# overlayboot image settings, written by mkimage (sourced by /init and the hooks)\n"
@@ -151,16 +163,18 @@ def busybox_entries(busybox: Path) -> list[Entry]:
     return entries
 
 
-def module_entries(kernel: Kernel, modules: ModuleSet) -> list[Entry]:
-    """The module files, a modules.dep restricted to them, modules.builtin, the load order."""
+def module_entries(kernel: Kernel, modules: ModuleSet, net: ModuleSet | None = None) -> list[Entry]:
+    """The module files, a modules.dep restricted to them, modules.builtin, the load orders
+    (the boot's, and the network boot's extra ones)."""
     base = f"lib/modules/{kernel.version}"
     entries: list[Entry] = []
-    for rel in modules.files:
+    net_files = net.files if net is not None else ()
+    for rel in (*modules.files, *net_files):
         src = kernel.modules / rel
         if not src.is_file():
             raise InitramfsError(f"module file {src} is missing")
         entries.append(Entry.file(f"{base}/{rel}", src))
-    included = set(modules.files)
+    included = set(modules.files) | set(net_files)
     table = parse_dep(kernel.module_dep().read_text())
     dep_lines = []
     for path, deps in sorted(table.values()):
@@ -172,6 +186,8 @@ def module_entries(kernel: Kernel, modules: ModuleSet) -> list[Entry]:
         entries.append(Entry.file(f"{base}/modules.builtin", builtin))
     load = "".join(f"/{base}/{rel}\n" for rel in modules.files)
     entries.append(Entry.file(str(MODULES_LOAD), load.encode()))
+    net_load = "".join(f"/{base}/{rel}\n" for rel in net_files)
+    entries.append(Entry.file(str(NET_MODULES_LOAD), net_load.encode()))
     return entries
 
 
@@ -208,7 +224,8 @@ def initramfs_entries(spec: InitramfsSpec, runtime_root: Path) -> tuple[list[Ent
     hooks = spec.hooks if spec.hooks is not None else rt.repo_root() / "hooks"
     entries = base_entries()
     entries += busybox_entries(spec.busybox)
-    entries += module_entries(spec.kernel, modules)
+    net = resolve_extra(spec.kernel, spec.net_modules, modules)
+    entries += module_entries(spec.kernel, modules, net)
     entries += tree_entries(runtime_root, RUNTIME_DIR)
     entries += tree_entries(hooks, HOOKS_DIR)
     entries.append(Entry.file(str(IMAGE_CONF), image_conf(spec, modules).encode()))

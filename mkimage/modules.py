@@ -30,6 +30,12 @@ BOOT_MODULES: tuple[str, ...] = (
 OPTIONAL_MODULES = frozenset(
     {"ohci_pci", "uhci_hcd", "ehci_pci", "usbhid", "hid_generic", "crc32c_generic", "nls_cp437",
      "sdhci_acpi", "nls_ascii", "nls_cp850"}
+)
+# The network boot's (hooks/15-network.sh loads them, only when the boot needs the
+# network): the NICs of PCs and VMs (r8169's PHY driver realtek), the NFS client. All
+# optional: a kernel without them builds an image that boots from local media only.
+NET_MODULES: tuple[str, ...] = (
+    "virtio_net", "e1000", "e1000e", "igb", "r8169", "realtek", "nfs", "nfsv4", "nfsv3",
 )  # fmt: skip
 
 
@@ -69,7 +75,11 @@ def parse_builtin(text: str) -> set[str]:
     return {module_name(line.strip()) for line in text.splitlines() if line.strip()}
 
 
-def resolve(kernel: Kernel, wanted: tuple[str, ...] = BOOT_MODULES) -> ModuleSet:
+def resolve(
+    kernel: Kernel,
+    wanted: tuple[str, ...] = BOOT_MODULES,
+    optional: frozenset[str] = OPTIONAL_MODULES,
+) -> ModuleSet:
     dep_file = kernel.module_dep()
     if not dep_file.is_file():
         raise KernelError(f"{dep_file} is missing", f"run depmod -b ROOT {kernel.version}")
@@ -97,7 +107,7 @@ def resolve(kernel: Kernel, wanted: tuple[str, ...] = BOOT_MODULES) -> ModuleSet
             visit(table[name][0], ())
         elif name in builtin:
             built_in.append(name)
-        elif name not in OPTIONAL_MODULES:
+        elif name not in optional:
             missing.append(name)
     if missing:
         raise KernelError(
@@ -105,3 +115,13 @@ def resolve(kernel: Kernel, wanted: tuple[str, ...] = BOOT_MODULES) -> ModuleSet
             "use a kernel that has them as modules or built in",
         )
     return ModuleSet(tuple(order), tuple(sorted(built_in)))
+
+
+def resolve_extra(kernel: Kernel, wanted: tuple[str, ...], base: ModuleSet) -> ModuleSet:
+    """The closure of ``wanted`` (each optional) less what ``base`` has: a second load list."""
+    extra = resolve(kernel, wanted, optional=frozenset(norm(w) for w in wanted))
+    have = set(base.files)
+    return ModuleSet(
+        tuple(f for f in extra.files if f not in have),
+        tuple(b for b in extra.builtin if b not in base.builtin),
+    )

@@ -82,6 +82,9 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.status",
     "overlayboot.fs.config",
     "overlayboot.fs.daemon",
+    "overlayboot.net.reach",
+    "overlayboot.net.fetch",
+    "overlayboot.net.httpfs",
     "runpy",
 )
 # The image builder is not needed at boot: overlayboot.cli names its commands in a table

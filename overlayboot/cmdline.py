@@ -26,8 +26,12 @@ from pathlib import Path
 
 from overlayboot.bootparams import translate
 from overlayboot.errors import UsageError
+from overlayboot.net.config import NetConfig
+from overlayboot.net.params import apply_param, check, shell_values
 
 PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "overlay", "switch")
+# the network boot's phases (hooks/15-network.sh, 25-fetch.sh): by name only, no number
+NET_PHASES: tuple[str, ...] = ("network", "fetch")
 DEFAULT_IMAGE = "/live/filesystem.squashfs"
 DEFAULT_LABEL = "OVERLAYBOOT"
 IMAGE_CONF = Path("/etc/overlayboot/image.conf")
@@ -67,6 +71,7 @@ class BootConfig:
     timeout: int = 30
     onerror: str = "shell"
     warnings: tuple[str, ...] = field(default=())
+    net: NetConfig = field(default_factory=NetConfig)  # overlayboot.net.params
 
 
 def split_cmdline(text: str) -> list[tuple[str, str | None]]:
@@ -138,10 +143,10 @@ def _phase_list(value: str | None) -> frozenset[str]:
         name = item.strip()
         if name.isdigit() and 0 <= int(name) < len(PHASES):
             name = PHASES[int(name)]
-        if name not in PHASES:
+        if name not in PHASES + NET_PHASES:
             raise CmdlineError(
                 f"overlayboot.break={value!r}: unknown phase {item!r}",
-                f"phases: {', '.join(PHASES)}",
+                f"phases: {', '.join(PHASES + NET_PHASES)}",
             )
         out.add(name)
     return frozenset(out)
@@ -165,10 +170,13 @@ def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootC
             if origin is None:
                 raise
             raise CmdlineError(f"{origin}: {exc.message}", exc.hint) from None
-    return replace(cfg, warnings=tuple(warnings))
+    return replace(cfg, warnings=tuple(warnings), net=check(cfg.net))
 
 
 def _param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
+    net = apply_param(cfg.net, key, value)  # the network forms (overlayboot.net)
+    if net is not None:
+        return replace(cfg, net=net)
     if key == "root" and value and value.startswith("live:"):
         return replace(cfg, medium=parse_device(value[5:], "root=live:"))
     if key == "init":
@@ -273,11 +281,12 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_TORAM": "1" if cfg.toram else "",
         "OB_CHECK": "1" if cfg.check else "",
         "OB_OVERLAY": cfg.overlay,
-        "OB_BREAK": " ".join(p for p in PHASES if p in cfg.breaks),
+        "OB_BREAK": " ".join(p for p in PHASES + NET_PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",
         "OB_INIT": cfg.init,
         "OB_TIMEOUT": str(cfg.timeout),
         "OB_ONERROR": cfg.onerror,
+        **shell_values(cfg.net),
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
     lines += [f"echo {shlex.quote('WARNING: overlayboot: ' + w)} >&2" for w in cfg.warnings]

@@ -1,0 +1,151 @@
+# Helpers of the network boot (phases network and fetch; POSIX sh, busybox ash). Sourced
+# by hooks/15-network.sh after lib.sh.
+
+OB_NET_DIR=$OB_RUN/net
+
+# args: none; loads the NIC and NFS modules (net-modules.load: absolute paths, in order);
+# one that does not load is not fatal (the hardware may not be there)
+net_modules() {
+    n=0
+    while read -r module; do
+        [ -n "$module" ] || continue
+        err=$(insmod "$module" 2>&1) && n=$((n + 1)) && continue
+        case "$err" in *"File exists"*) ;; *) debug "insmod ${module##*/}: $err" ;; esac
+    done < "${OVERLAYBOOT_NET_MODULES_LOAD:-/dev/null}"
+    debug "network: $n modules loaded"
+}
+
+# args: none; the network interfaces but lo (or only $OB_NET_DEV), one per line
+net_ifaces() {
+    for d in /sys/class/net/*; do
+        i=${d##*/}
+        [ -e "$d" ] && [ "$i" != lo ] || continue
+        [ -z "$OB_NET_DEV" ] || [ "$i" = "$OB_NET_DEV" ] || continue
+        echo "$i"
+    done
+}
+
+# args: IFACE; true if IFACE has a link (carrier)
+has_link() {
+    [ "$(cat "/sys/class/net/$1/carrier" 2>/dev/null)" = 1 ]
+}
+
+# args: none; true while the deadline ($net_deadline, uptime seconds) is not past
+before_deadline() {
+    now=$(cut -d. -f1 /proc/uptime)
+    [ "$now" -lt "$net_deadline" ]
+}
+
+# args: IFACE; DHCP on IFACE with udhcpc (a few discovers); true with a lease
+dhcp_once() {
+    rm -f "$OB_NET_DIR/lease"
+    set -- -i "$1" -n -q -f -t 3 -T 1 -A 1 -s "$OVERLAYBOOT_HOOKS/udhcpc.script"
+    [ -n "$OB_NET_HOSTNAME" ] && set -- "$@" -x "hostname:$OB_NET_HOSTNAME"
+    udhcpc "$@" > "$OB_NET_DIR/udhcpc.log" 2>&1 && [ -s "$OB_NET_DIR/lease" ]
+}
+
+# args: IFACE; the static address of ip= on IFACE, its gateway and DNS servers
+static_ip() {
+    ip addr add "$OB_NET_ADDR/${OB_NET_PREFIX:-24}" dev "$1" || return 1
+    if [ -n "$OB_NET_GW" ]; then
+        ip route add default via "$OB_NET_GW" dev "$1" || return 1
+    fi
+    : > /etc/resolv.conf
+    for d in $OB_NET_DNS; do echo "nameserver $d" >> /etc/resolv.conf; done
+    {
+        echo "interface=$1"
+        echo "ip=$OB_NET_ADDR"
+        echo "mask=${OB_NET_PREFIX:-24}"
+        echo "router=$OB_NET_GW"
+        echo "dns=$OB_NET_DNS"
+    } > "$OB_NET_DIR/lease"
+}
+
+# args: KEY; a value of the lease (or static setting) in force
+lease() {
+    sed -n "s/^$1=//p" "$OB_NET_DIR/lease" 2>/dev/null | head -n 1
+}
+
+# --- phase fetch -----------------------------------------------------------------------
+
+# args: SERVER-ADDRESS REMOTE-PATH DIR; mounts the NFS export read-only at DIR (NFSv4.2,
+# then 4.1: the kernel takes text options, no mount.nfs needed); prints the error on failure
+nfs_mount() {
+    mkdir -p "$3"
+    for v in 4.2 4.1; do
+        err=$(mount -t nfs4 -o "ro,hard,vers=$v,proto=tcp,port=$OB_NET_PORT,addr=$1,timeo=50" \
+            "$1:$2" "$3" 2>&1) && return 0
+    done
+    echo "${err#mount: }"
+    return 1
+}
+
+# args: SERVER-ADDRESS; an NFS lower (see 25-fetch.sh)
+nfs_lower() {
+    nfs=$OB_RUN/nfs
+    path=$OB_NET_PATH
+    [ -n "$OB_NET_IMAGE_FILE" ] && path=${OB_NET_PATH%/*}
+    err=$(nfs_mount "$1" "${path:-/}" "$nfs") ||
+        die "cannot mount the NFS export $OB_NET_HOST:${path:-/}: $err (is that path exported? overlayboot.lower=$OB_NET_LOWER)"
+    log "fetch: NFS $OB_NET_HOST:${path:-/} mounted read-only"
+    if [ -n "$OB_NET_IMAGE_FILE" ]; then
+        OB_IMAGE_FILE=$nfs/${OB_NET_PATH##*/}
+        [ -f "$OB_IMAGE_FILE" ] ||
+            die "no image ${OB_NET_PATH##*/} in the NFS export $OB_NET_HOST:$path; it holds: $(ls "$nfs" | tr '\n' ' ')"
+    elif [ -f "$nfs$OB_IMAGE" ]; then
+        OB_IMAGE_FILE=$nfs$OB_IMAGE
+    elif [ -e "$nfs$OB_INIT" ] || [ -L "$nfs$OB_INIT" ]; then
+        nfs_tree "$nfs"
+    else
+        die "the NFS export $OB_NET_HOST:$path holds neither an image $OB_IMAGE (overlayboot.image=) nor a root tree with $OB_INIT; it holds: $(ls "$nfs" | tr '\n' ' ')"
+    fi
+}
+
+# args: DIR; the NFS tree at DIR becomes the lower as it is (bound at $OB_RUN/lower)
+nfs_tree() {
+    OB_LOWER=$OB_RUN/lower
+    mkdir -p "$OB_LOWER"
+    mount --bind "$1" "$OB_LOWER" || die "cannot bind the NFS tree at $OB_LOWER"
+    OB_LEGACY_ID=nfs-tree
+    OB_IMAGE_ID=
+    if [ -f "$OB_LOWER/$OB_IMAGE_ID_FILE" ]; then
+        OB_IMAGE_ID=$(head -c 65 "$OB_LOWER/$OB_IMAGE_ID_FILE" | tr -d '\n')
+        valid_id "$OB_IMAGE_ID" || die "the NFS tree has a bad /$OB_IMAGE_ID_FILE ('$OB_IMAGE_ID')"
+        state image_id "$OB_IMAGE_ID"
+    elif [ "$OB_UPPER_KIND" != tmpfs ]; then
+        die "the NFS tree has no /$OB_IMAGE_ID_FILE: its changes cannot be kept on a persistence partition (boot with overlayboot.upper=tmpfs, or put an id there)"
+    fi
+    state image "$OB_NET_LOWER"
+    log "lower: the NFS tree $OB_NET_HOST:$OB_NET_PATH${OB_IMAGE_ID:+ (image id $OB_IMAGE_ID)}"
+    OB_LOWER_READY=1
+}
+
+# args: SERVER-ADDRESS; the http(s) image fetched whole into a tmpfs, its sha256 checked
+http_whole() {
+    mkdir -p "$OB_RUN/toram"
+    mount -t tmpfs -o "size=90%,mode=0700" tmpfs "$OB_RUN/toram" ||
+        die "cannot make a tmpfs for the image"
+    OB_IMAGE_FILE=$OB_RUN/toram/image.squashfs
+    log "fetch: $OB_NET_LOWER into RAM"
+    "$OB_RUN/runtime/python" -m overlayboot.net.fetch "$OB_NET_LOWER" "$OB_IMAGE_FILE" \
+        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" \
+        > "$OB_RUN/net/fetch.out" 2>&1 ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/fetch.out" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
+    log "fetch: $(cat "$OB_RUN/net/fetch.out")"
+    state toram yes
+    state image "$OB_NET_LOWER"
+}
+
+# args: SERVER-ADDRESS; the http image as a file read lazily (overlayboot.net.httpfs),
+# chrooted in $OB_RUN as the overlay daemon is (so it survives switch_root)
+http_lazy() {
+    daemon_root || die "cannot prepare $OB_RUN for the lazy HTTP reader"
+    mkdir -p "$OB_RUN/http"
+    chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-http -m overlayboot.net.httpfs \
+        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" \
+        --patience "$OB_TIMEOUT" --log /httpfs.log --as-root 2> "$OB_RUN/net/httpfs.err" ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/httpfs.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER; log: $OB_RUN/httpfs.log)"
+    OB_IMAGE_FILE=$OB_RUN/http/image.squashfs
+    log "fetch: $OB_NET_LOWER read lazily ($((OB_NET_CACHE >> 20)) MiB cache)"
+    state image "$OB_NET_LOWER"
+}

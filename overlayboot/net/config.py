@@ -1,0 +1,26 @@
+"""The network part of the boot configuration (frozen): what ``overlayboot.net.params``
+and ``overlayboot.net.compat`` build from the kernel command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from overlayboot.net.ipconf import IpConfig
+from overlayboot.net.lower import NetLower
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The network part of the boot configuration."""
+
+    lower: NetLower | None = None
+    lazy: bool = False
+    sha256: str = ""  # "": from URL.sha256; "none": not checked
+    cache_bytes: int = 64 << 20
+    ip: IpConfig | None = None  # None: DHCP if a network lower needs the network
+    archiso_srv: str = ""  # archiso_http_srv= / archiso_nfs_srv=, resolved by params.check
+    archiso_base: str = "arch"  # archisobasedir=
+
+    @property
+    def wants_network(self) -> bool:
+        return self.lower is not None or (self.ip is not None and self.ip.mode != "off")

@@ -1,0 +1,215 @@
+"""The lazy HTTP lower: one image on an HTTP server shown as one read-only file through FUSE,
+read with range requests as the kernel asks for its blocks (what live-boot's ``httpfs=``
+does with httpfs2). Phase fetch loop-mounts the file as the squashfs lower.
+
+``python -m overlayboot.net.httpfs URL MOUNTPOINT [--address IP] [--cache BYTES]
+[--log FILE] [--patience S] [--as-root] [--foreground]``
+
+The mount holds one file, ``image.squashfs``, of the image's size. Reads are served from a
+RAM cache of chunks (``overlayboot.net.chunkcache``); missing chunks are fetched in a worker
+thread, one range request per run of adjacent chunks, so the request loop never blocks.
+While the server is away, reads wait and resume when it answers (``httpio``); an image
+that changes on the server while in use, or a 404, is EIO and logged, never garbage.
+It detaches once mounted (the parent exits 0, or 1 with an ``ERROR:`` line); with
+``--as-root`` it ignores SIGTERM/SIGINT/SIGHUP and locks its memory, as the overlay daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from overlayboot.fs import survive
+from overlayboot.net.chunkcache import ChunkCache
+from overlayboot.net.fetch import target_of
+from overlayboot.net.httpio import HttpError, RangeClient, Remote
+
+log = logging.getLogger("overlayboot.net.httpfs")
+
+FILE_NAME = b"image.squashfs"
+FILE_INO = pyfuse3.ROOT_INODE + 1
+TIMEOUT = 3600.0  # the image never changes while mounted: long attribute timeouts
+
+
+class ImageOperations(pyfuse3.Operations):
+    """A directory with one read-only file, the image, read through the cache."""
+
+    def __init__(self, client: RangeClient, remote: Remote, cache_bytes: int) -> None:
+        super().__init__()
+        self.client = client
+        self.remote = remote
+        self.cache = ChunkCache(remote.size, cache_bytes)
+        self._fetch_lock = trio.Lock()
+
+    def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = ino
+        if ino == pyfuse3.ROOT_INODE:
+            e.st_mode, e.st_nlink, e.st_size = stat.S_IFDIR | 0o555, 2, 0
+        else:
+            e.st_mode, e.st_nlink, e.st_size = stat.S_IFREG | 0o444, 1, self.remote.size
+            e.st_blocks = (self.remote.size + 511) // 512
+        e.st_blksize = 4096
+        e.attr_timeout = e.entry_timeout = TIMEOUT
+        return e
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode not in (pyfuse3.ROOT_INODE, FILE_INO):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(inode)
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode != pyfuse3.ROOT_INODE or name != FILE_NAME:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(FILE_INO)
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if start_id == 0:
+            pyfuse3.readdir_reply(token, FILE_NAME, self._attrs(FILE_INO), 1)
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if inode != FILE_INO:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        data = self.cache.slice(off, size)
+        if data is not None:
+            return data
+        try:
+            async with self._fetch_lock:
+                for first, count in self.cache.missing(off, size):
+                    start, length = self.cache.byte_range(first, count)
+                    got = await trio.to_thread.run_sync(self.client.read, start, length)
+                    self.cache.put_run(first, got)
+        except HttpError as exc:
+            log.error("read at %d: %s", off, exc.line())
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("INTERNAL: read at %d", off)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        data = self.cache.slice(off, size)
+        if data is None:  # the run was larger than the cache: serve it straight
+            log.error("read at %d of %d bytes: not in the cache after fetching", off, size)
+            raise pyfuse3.FUSEError(errno.EIO)
+        return data
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = (self.remote.size + 4095) // 4096
+        s.f_files = 2
+        s.f_namemax = 255
+        return s
+
+
+def _detach() -> int:
+    """Fork; the parent waits for the child's ``1`` on a pipe (mounted) and exits 0, or 1
+    if the child ends first. Returns the pipe's write end, in the detached child."""
+    rfd, wfd = os.pipe()
+    if os.fork() > 0:
+        os.close(wfd)
+        ok = os.read(rfd, 1) == b"1"
+        os._exit(0 if ok else 1)
+    os.close(rfd)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    return wfd
+
+
+def _logging(log_file: Path | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """HEAD the image, mount, detach, serve until unmounted."""
+    client = RangeClient(
+        target_of(args.url, args.address), on_outage=log.warning, patience=args.patience
+    )
+    try:
+        remote = client.head()
+    except HttpError as exc:
+        print(f"ERROR: {exc.line()}", file=sys.stderr)
+        return 1
+    client.patience = None  # from now on, reads wait for the server for as long as it takes
+    ops = ImageOperations(client, remote, args.cache)
+    opts = set(pyfuse3.default_options) | {"ro", "fsname=overlayboot-http", "subtype=http"}
+    if os.geteuid() == 0:
+        opts.add("allow_other")
+    if args.as_root:
+        survive.ignore_termination()
+    try:
+        pyfuse3.init(ops, str(args.mountpoint), opts)
+    except RuntimeError as exc:
+        print(f"ERROR: cannot mount {args.mountpoint}: {exc}", file=sys.stderr)
+        return 1
+    ready = None if args.foreground else _detach()
+    if args.as_root:
+        survive.serve_as_root()
+    log.info(
+        "mounted %s: %s, %d bytes, cache %d MiB",
+        args.mountpoint,
+        args.url,
+        remote.size,
+        args.cache >> 20,
+    )
+    if ready is not None:
+        with contextlib.suppress(OSError):
+            os.write(ready, b"1")
+            os.close(ready)
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info(
+            "unmounted %s: %d requests, %d bytes received",
+            args.mountpoint,
+            client.requests,
+            client.bytes_received,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m overlayboot.net.httpfs")
+    ap.add_argument("url")
+    ap.add_argument("mountpoint", type=Path)
+    ap.add_argument("--address", default="")
+    ap.add_argument("--cache", type=int, default=64 << 20)
+    ap.add_argument("--log", type=Path, default=None)
+    ap.add_argument("--patience", type=float, default=30)
+    ap.add_argument("--as-root", action="store_true")
+    ap.add_argument("--foreground", action="store_true")
+    args = ap.parse_args(argv)
+    _logging(args.log)
+    return serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""QEMU clients of the network boot tests: the test's kernel and initramfs, booted with a NIC
+on a tap of the test's namespace (QEMU runs inside it), and a tiny busybox root to serve."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from mkimage.initramfs import BuiltInitramfs
+from mkimage.kernel import Kernel
+from tests.net.netns import Netns
+from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, POWEROFF_TIMEOUT, ROOT_UP, Guest
+
+ROOT_INIT = """#!/bin/sh
+export PATH=/bin:/sbin
+echo "OVERLAYBOOT-ROOT: up $(uname -r)"
+setsid cttyhack sh
+sync
+poweroff -f
+"""
+APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut"
+UNREAD = "opt/unread.bin"  # big, incompressible, never read at boot: lazy reads skip it
+UNREAD_MIB = 24
+
+
+@dataclass(frozen=True)
+class NetnsVmConfig(VmConfig):
+    """A VM whose QEMU runs inside the test's network namespace (where its taps are)."""
+
+    netns: str = ""
+
+    def argv(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().argv()]
+
+
+def tiny_root(root: Path) -> Path:
+    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "opt"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is needed"
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    for applet in APPLETS.split():
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "sbin" / "init").write_text(ROOT_INIT)
+    (root / "sbin" / "init").chmod(0o755)
+    (root / "etc" / "release").write_text("from the network lower\n")
+    (root / UNREAD).write_bytes(os.urandom(UNREAD_MIB << 20))
+    return root
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the servers serve: the tree, its image (+ .sha256), a live/ dir holding it."""
+
+    tree: Path  # an unpacked root (NFS tree)
+    image: Path  # docroot/image.squashfs, with image.squashfs.sha256 beside it
+    docroot: Path  # also docroot/live/filesystem.squashfs (an image dir, live-boot's form)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.image.read_bytes()).hexdigest()
+
+
+def make_served(base: Path) -> Served:
+    tree = tiny_root(base / "tree")
+    docroot = base / "docroot"
+    (docroot / "live").mkdir(parents=True)
+    image = docroot / "image.squashfs"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(image), "-noappend", "-quiet", "-comp", "zstd"],
+        check=True,
+    )
+    os.link(image, docroot / "live" / "filesystem.squashfs")
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    (docroot / "image.squashfs.sha256").write_text(f"{digest}  image.squashfs\n")
+    return Served(tree, image, docroot)
+
+
+@contextmanager
+def client(
+    kernel: Kernel,
+    initramfs: BuiltInitramfs,
+    ns: Netns,
+    index: int,
+    *params: str,
+    until: str = ROOT_UP,
+    memory_mib: int = 512,
+    nic: str = "virtio-net-pci",
+) -> Iterator[Guest]:
+    """A client booted with ``params``, handed over once a line matches ``until``; then
+    powered off (its shell left) unless it stopped at its error (``until=BOOT_ERROR``)."""
+    cfg = NetnsVmConfig(
+        kernel=kernel.image,
+        initrd=initramfs.path,
+        append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
+        memory_mib=memory_mib,
+        extra=tuple(ns.nic(index, nic)),
+        netns=ns.name,
+    )
+    with Vm(cfg) as vm:
+        guest = Guest(vm, vm.wait_for(until, timeout=BOOT_TIMEOUT))
+        yield guest
+        if until != BOOT_ERROR:
+            vm.send("exit\n")
+        vm.wait_exit(timeout=POWEROFF_TIMEOUT)
