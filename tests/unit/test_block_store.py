@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +219,38 @@ def test_bad_chunk_sizes(tmp_path: Path, base: tuple[Path, bytes]) -> None:
         with pytest.raises(BlockError, match="chunk size"):
             manage.create(tmp_path / "x", base[0], chunk_size=bad, force=False)
     assert PAGE == 4096
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "overlayboot", "block", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_create_info_reset_and_one_line_errors(
+    tmp_path: Path, base: tuple[Path, bytes]
+) -> None:
+    store = tmp_path / "cli.store"
+    r = _cli("create", "--base", str(base[0]), "--chunk-size", "16K", str(store))
+    assert r.returncode == 0, r.stderr
+    r = _cli("info", str(store))
+    assert "chunk size: 16384 bytes" in r.stdout and "state: clean" in r.stdout
+    assert _cli("reset", str(store)).returncode == 0
+    other = tmp_path / "other.img"
+    other.write_bytes(b"x" * 8192)
+    for args, code, start in [
+        (("attach", "--base", str(other), str(store)), 7, "the block store"),
+        (("create", "--base", str(base[0]), str(store)), 7, f"{store} exists"),
+        (("create", "--base", str(base[0]), "--chunk-size", "3K", str(store) + "2"), 7, "chunk"),
+        (("create", "--base", str(base[0]), "--chunk-size", "lots", str(store) + "2"), 2, ""),
+        (("info", str(base[0])), 7, f"{base[0]} is not a usable block store"),
+        (("merge", "-o", str(tmp_path / "m"), str(tmp_path / "nope")), 7, "cannot open"),
+        (("detach", str(store)), 7, f"{store} is not an attached"),
+    ]:
+        r = _cli(*args)
+        assert r.returncode == code, (args, r.stderr)
+        assert r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"overlayboot: error: {start}"), r.stderr
