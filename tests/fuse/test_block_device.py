@@ -76,9 +76,9 @@ def attached(tmp_path: Path, base: Path, chunk: int) -> Iterator[Device]:
 
 def _cleanup(d: Device) -> None:
     """Whatever state a test left: no mount, loop device or daemon stays behind."""
-    for m in (d.mnt / "fs", d.mnt):
+    for m in (d.mnt.parent / "fs", d.mnt):
         if os.path.ismount(m):
-            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+            umount(m)
     for dev in (d.dev, *_loops_of(d)):
         if dev:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
