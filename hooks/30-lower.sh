@@ -5,6 +5,12 @@
 # (computed only when a persistence partition needs it: it reads the whole image).
 # In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
 # needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_lower
+    return 0
+fi
 OB_LOWER=$OB_RUN/lower
 mkdir -p "$OB_LOWER"
 

@@ -81,6 +81,9 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.status",
     "overlayboot.fs.config",
     "overlayboot.fs.daemon",
+    "overlayboot.block.cli",  # overlayboot.overlay=block (hooks/block.sh)
+    "overlayboot.block.daemon",
+    "overlayboot.block.manage",
     "runpy",
 )
 # The image builder is not needed at boot: overlayboot.cli names its commands in a table

@@ -28,6 +28,7 @@ from overlayboot.errors import UsageError
 
 PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "overlay", "switch")
 DEFAULT_IMAGE = "/live/filesystem.squashfs"
+DEFAULT_BLOCK_IMAGE = "/live/filesystem.ext4"  # overlayboot.overlay=block: a filesystem image
 DEFAULT_LABEL = "OVERLAYBOOT"
 IMAGE_CONF = Path("/etc/overlayboot/image.conf")
 
@@ -182,6 +183,8 @@ def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootC
             )
         elif key.startswith("overlayboot."):
             cfg = _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    if cfg.overlay == "block" and cfg.image == DEFAULT_IMAGE:
+        cfg = replace(cfg, image=DEFAULT_BLOCK_IMAGE)
     return replace(cfg, warnings=tuple(warnings))
 
 
@@ -215,8 +218,8 @@ def _overlayboot_param(
         return replace(cfg, toram=_flag(value, "overlayboot.toram"))
     if key == "overlay":
         v = _need(value, key)
-        if v not in ("fuse", "kernel"):
-            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse or kernel")
+        if v not in ("fuse", "kernel", "block"):
+            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse, kernel or block")
         return replace(cfg, overlay=v)
     if key == "break":
         return replace(cfg, breaks=cfg.breaks | _phase_list(value))

@@ -1,0 +1,78 @@
+"""Block-level mode under QEMU (overlayboot.overlay=block): a CD whose /live/filesystem.ext4
+holds the tiny root, the copy-on-write store on a persistence partition.
+
+One test, three boots: write in the live root and power off (the shutdown detaches the
+device: the store is clean, with only the changed chunks); boot again and find the change;
+boot another image with the same partition: the store is refused with the ERROR: line.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mkimage.initramfs import BuiltInitramfs
+from mkimage.kernel import Kernel
+from overlayboot.block import manage
+from tests.qemu.live import booted, failed_boot
+from tests.qemu.media import ext4_image, plain_iso
+from tests.qemu.test_boot import _tiny_root, cd, disk
+
+pytestmark = [pytest.mark.qemu, pytest.mark.block, pytest.mark.slow]
+
+BLOCK = ("overlayboot.overlay=block", "overlayboot.upper=LABEL=overlayboot-rw")
+STORE = "/overlayboot/OVERLAYBOOT/block.store"
+
+
+def _block_medium(base: Path, extra: str = "") -> Path:
+    """An ISO holding the tiny root as an ext4 image (with ``extra`` in /etc/extra)."""
+    _tiny_root(base / "root")
+    if extra:
+        (base / "root/etc/extra").write_text(extra)
+    (base / "iso/live").mkdir(parents=True)
+    image = base / "iso/live/filesystem.ext4"
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(base / "root"), str(image), "24M"],
+        check=True,
+    )
+    return plain_iso(base / "iso", base / "block.iso")
+
+
+def _store_info(rw: Path, tmp_path: Path) -> manage.Info:
+    """``block info`` of the store on the persistence image (read with debugfs)."""
+    out = tmp_path / "block.store"
+    subprocess.run(
+        ["debugfs", "-R", f"dump {STORE} {out}", str(rw)], check=True, capture_output=True
+    )
+    return manage.info(out)
+
+
+def test_block_mode_persists_and_refuses_another_image(
+    kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
+) -> None:
+    medium = _block_medium(tmp_path / "a")
+    rw = ext4_image(tmp_path / "rw.img")
+    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK) as guest:
+        assert re.search(r"^ROOT-MOUNT: /dev/loop\d+ / ext4 rw", guest.root_mount()), (
+            guest.vm.log()
+        )
+        assert guest.sh("cat /etc/release") == "from the lower layer"
+        assert guest.sh("echo kept > /etc/note && sync && cat /etc/note") == "kept"
+        assert guest.sh("grep -c '^block_device=/dev/loop' /run/overlayboot/state") == "1"
+        assert guest.sh("grep -c '^persistent=yes' /run/overlayboot/state") == "1"
+    first = guest.first.at
+    log = guest.vm.log()
+    assert "ERROR" not in log, log
+    info = _store_info(rw, tmp_path)
+    assert info.sb.state.name == "CLEAN", log  # the shutdown detached the device
+    assert 0 < info.mapped < info.sb.chunks // 4
+    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK) as guest:
+        assert guest.sh("cat /etc/note") == "kept"
+    other = _block_medium(tmp_path / "b", extra="another image\n")
+    with failed_boot(kernel, initramfs, cd(other) + disk(rw), *BLOCK) as guest:
+        line = guest.first.text
+    assert "the block device did not start" in line and "made for another base" in line, line
+    print(f"block mode: shell after {first:.1f} s; store {info.mapped} chunks changed")
