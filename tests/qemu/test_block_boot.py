@@ -16,10 +16,11 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from mkimage.rootfs import ROOT_MARKER, build_busybox_root
 from overlayboot.block import manage
 from tests.qemu.live import booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
-from tests.qemu.test_boot import _tiny_root, cd, disk
+from tests.qemu.test_boot import cd, disk
 
 pytestmark = [pytest.mark.qemu, pytest.mark.block, pytest.mark.slow]
 
@@ -28,8 +29,10 @@ STORE = "/overlayboot/OVERLAYBOOT/block.store"
 
 
 def _block_medium(base: Path, extra: str = "") -> Path:
-    """An ISO holding the tiny root as an ext4 image (with ``extra`` in /etc/extra)."""
-    _tiny_root(base / "root")
+    """An ISO holding the default busybox root (its init hands over to the shutdown
+    program) as an ext4 image, with ``extra`` in /etc/extra."""
+    build_busybox_root(base / "root")
+    (base / "root/etc/release").write_text("from the image\n")
     if extra:
         (base / "root/etc/extra").write_text(extra)
     (base / "iso/live").mkdir(parents=True)
@@ -37,6 +40,7 @@ def _block_medium(base: Path, extra: str = "") -> Path:
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(base / "root"), str(image), "24M"],
         check=True,
+        capture_output=True,
     )
     return plain_iso(base / "iso", base / "block.iso")
 
@@ -44,6 +48,8 @@ def _block_medium(base: Path, extra: str = "") -> Path:
 def _store_info(rw: Path, tmp_path: Path) -> manage.Info:
     """``block info`` of the store on the persistence image (read with debugfs)."""
     out = tmp_path / "block.store"
+    state = subprocess.run(["dumpe2fs", "-h", str(rw)], capture_output=True, text=True).stdout
+    assert "needs_recovery" not in state, state  # the shutdown unmounted the partition
     subprocess.run(
         ["debugfs", "-R", f"dump {STORE} {out}", str(rw)], check=True, capture_output=True
     )
@@ -55,21 +61,22 @@ def test_block_mode_persists_and_refuses_another_image(
 ) -> None:
     medium = _block_medium(tmp_path / "a")
     rw = ext4_image(tmp_path / "rw.img")
-    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK) as guest:
-        assert re.search(r"^ROOT-MOUNT: /dev/loop\d+ / ext4 rw", guest.root_mount()), (
-            guest.vm.log()
-        )
-        assert guest.sh("cat /etc/release") == "from the lower layer"
+    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK, until=ROOT_MARKER) as guest:
+        mount = guest.vm.wait_for(r"^OVERLAYBOOT-ROOT: / is ", timeout=5).text
+        assert re.search(r" is /dev/loop\d+ / ext4 rw", mount), guest.vm.log()
+        assert guest.sh("cat /etc/release") == "from the image"
         assert guest.sh("echo kept > /etc/note && sync && cat /etc/note") == "kept"
         assert guest.sh("grep -c '^block_device=/dev/loop' /run/overlayboot/state") == "1"
         assert guest.sh("grep -c '^persistent=yes' /run/overlayboot/state") == "1"
     first = guest.first.at
     log = guest.vm.log()
+    (tmp_path / "boot1.log").write_text(log)
     assert "ERROR" not in log, log
+    assert "overlayboot: shutdown: the overlay daemon" in log, log  # it finished by itself
     info = _store_info(rw, tmp_path)
     assert info.sb.state.name == "CLEAN", log  # the shutdown detached the device
     assert 0 < info.mapped < info.sb.chunks // 4
-    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK) as guest:
+    with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK, until=ROOT_MARKER) as guest:
         assert guest.sh("cat /etc/note") == "kept"
     other = _block_medium(tmp_path / "b", extra="another image\n")
     with failed_boot(kernel, initramfs, cd(other) + disk(rw), *BLOCK) as guest:
