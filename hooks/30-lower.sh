@@ -37,7 +37,10 @@ if [ -n "$OB_TORAM" ]; then
     state toram yes
 fi
 
+# an ext4 image (what overlayboot.overlay=block boots) is a lower layer too: read-only,
+# its journal not replayed (noload)
 mount -t squashfs -o ro,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
+    mount -t ext4 -o ro,noload,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
     mount -t squashfs -o ro "$OB_IMAGE_FILE" "$OB_LOWER" ||
     die "cannot mount the image $OB_IMAGE: not a squashfs, or corrupt"
 ls "$OB_LOWER" > /dev/null 2>&1 || die "the image $OB_IMAGE is unreadable (corrupt squashfs)"

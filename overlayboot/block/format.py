@@ -37,7 +37,7 @@ _SUPER_CRC_AT = SECTOR - 4
 
 PAGE_MAGIC = b"OBIX"
 _PAGE_HEAD = struct.Struct("<4sIQI")  # magic, page number, sequence, reserved
-ENTRIES_PER_PAGE = (PAGE - _PAGE_HEAD.size - 4) // 4  # 1019 u32 entries, then the CRC
+ENTRIES_PER_PAGE = (PAGE - _PAGE_HEAD.size - 4) // 4  # 1018 u32 entries, then the CRC
 _ENTRIES = struct.Struct(f"<{ENTRIES_PER_PAGE}I")
 
 

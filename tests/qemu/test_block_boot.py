@@ -1,9 +1,10 @@
 """Block-level mode under QEMU (overlayboot.overlay=block): a CD whose /live/filesystem.ext4
 holds the tiny root, the copy-on-write store on a persistence partition.
 
-One test, three boots: write in the live root and power off (the shutdown detaches the
+One test, four boots: write in the live root and power off (the shutdown detaches the
 device: the store is clean, with only the changed chunks); boot again and find the change;
-boot another image with the same partition: the store is refused with the ERROR: line.
+boot the same image in the file-level mode (FUSE overlay, the ext4 image as lower); boot
+another image with the same partition: the store is refused with the ERROR: line.
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def test_block_mode_persists_and_refuses_another_image(
     assert 0 < info.mapped < info.sb.chunks // 4
     with booted(kernel, initramfs, cd(medium) + disk(rw), *BLOCK, until=ROOT_MARKER) as guest:
         assert guest.sh("cat /etc/note") == "kept"
+    # the same image in the file-level mode: a read-only lower layer under the FUSE overlay
+    image = "overlayboot.image=/live/filesystem.ext4"
+    with booted(kernel, initramfs, cd(medium), image, until=ROOT_MARKER) as guest:
+        mount = guest.vm.wait_for(r"^OVERLAYBOOT-ROOT: / is ", timeout=5).text
+        assert " / fuse.overlayboot " in mount, guest.vm.log()
+        assert guest.sh("cat /etc/release") == "from the image"
+        assert guest.sh("echo x > /etc/release && cat /etc/release") == "x"
     other = _block_medium(tmp_path / "b", extra="another image\n")
     with failed_boot(kernel, initramfs, cd(other) + disk(rw), *BLOCK) as guest:
         line = guest.first.text
