@@ -6,12 +6,15 @@
 - ext4 made on a base, mounted on the device read-write, an fsx-style and a metadata
   workload, unmounted, e2fsck clean, re-attached: the same tree; merge gives that image;
 - kill -9 of the daemon in the middle of whole-chunk writes: every chunk is wholly one
-  version, none older than its last flush; a second attach of a store in use is refused.
+  version, none older than its last flush; a second attach of a store in use is refused;
+- kill -9 under ext4 with fsyncing writers: e2fsck clean after the journal replay;
+- a store on a full disk: the writes fail, the device stays, the store stays valid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
@@ -29,6 +32,7 @@ from overlayboot.block import attach, manage
 from overlayboot.block.store import Store
 from overlayboot.errors import BlockError
 from overlayboot.fs.daemon import pid_file
+from tests.fuse.helpers import tmpfs
 from tests.mounts import have_fuse, umount
 from tests.waiting import wait_exit, wait_for
 
@@ -406,3 +410,44 @@ def _fsynced_versions(log: Path) -> dict[str, set[str]]:
         elif name in allowed:
             allowed[name].add(digest)
     return allowed
+
+
+def test_a_full_disk_fails_writes_and_the_store_stays_valid(tmp_path: Path) -> None:
+    size, chunk = 16 * MiB, 64 * KiB
+    base = _random_base(tmp_path / "base.img", size, 4)
+    with tmpfs(tmp_path / "small", "2M") as small:
+        store = small / "dev.store"
+        manage.create(store, tmp_path / "base.img", chunk_size=chunk, force=False)
+        d = Device(store, tmp_path / "base.img", tmp_path / "mnt")
+        d.attach()
+        try:
+            fd = os.open(d.dev, os.O_RDWR | os.O_DIRECT)
+            buf = mmap.mmap(-1, chunk)
+            buf.write(b"\x5a" * chunk)
+            written, failed = 0, None
+            try:
+                for c in range(size // chunk):
+                    try:
+                        os.pwritev(fd, [buf], c * chunk)
+                        os.fsync(fd)
+                        written += 1
+                    except OSError as exc:
+                        failed = exc
+                        break
+                assert failed is not None and failed.errno in (errno.EIO, errno.ENOSPC), failed
+                assert 0 < written < size // chunk
+                # the device is still there: what was flushed reads back, the rest is the base
+                assert _direct_read(d.dev, chunk) == bytes(buf)
+            finally:
+                os.close(fd)
+                buf.close()
+            d.detach()
+        finally:
+            _cleanup(d)
+        st = Store.open(store, d.base, writable=False)
+        try:
+            assert st.read(0, written * chunk) == b"\x5a" * (written * chunk)
+            tail = written * chunk
+            assert st.read(tail, size - tail) == base[tail:]
+        finally:
+            st.abandon()
