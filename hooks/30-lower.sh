@@ -5,6 +5,12 @@
 # (computed only when a persistence partition needs it: it reads the whole image).
 # In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
 # needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_lower
+    return 0
+fi
 # Nothing to do when phase fetch has mounted an NFS tree as the lower (OB_LOWER_READY).
 [ -z "${OB_LOWER_READY:-}" ] || return 0
 OB_LOWER=$OB_RUN/lower
@@ -33,7 +39,10 @@ if [ -n "$OB_TORAM" ]; then
     state toram yes
 fi
 
+# an ext4 image (what overlayboot.overlay=block boots) is a lower layer too: read-only,
+# its journal not replayed (noload)
 mount -t squashfs -o ro,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
+    mount -t ext4 -o ro,noload,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
     mount -t squashfs -o ro "$OB_IMAGE_FILE" "$OB_LOWER" ||
     die "cannot mount the image $OB_IMAGE: not a squashfs, or corrupt"
 ls "$OB_LOWER" > /dev/null 2>&1 || die "the image $OB_IMAGE is unreadable (corrupt squashfs)"

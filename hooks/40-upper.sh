@@ -6,6 +6,12 @@
 # last, so an image change is reported. Older releases' layout is moved there first.
 # In: OB_UPPER_KIND/OB_UPPER/OB_UPPER_DIR/OB_UPPER_SIZE, OB_IMAGE_ID, OB_LEGACY_ID.
 # Out: OB_UPPERDIR, OB_WORKDIR.
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_upper
+    return 0
+fi
 rw=$OB_RUN/rw
 mkdir -p "$rw"
 if [ "$OB_UPPER_KIND" = tmpfs ]; then

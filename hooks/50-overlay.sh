@@ -5,6 +5,12 @@
 # mounts at $OB_RUN/root, which is then moved to /root. Its argv[0] is @overlayboot, so
 # systemd does not kill it at switch-root or shutdown.
 mkdir -p /root
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_root
+    return 0
+fi
 if [ "$OB_OVERLAY" = kernel ]; then
     if grep -q '^persistent=yes' "$OB_STATE"; then
         # the daemon may have left partial copy-ups (not kernel overlayfs format): make

@@ -155,6 +155,23 @@ stop_daemon() {
     wait_exit "$1" 2 || fail "the overlay daemon (pid $1) does not die"
 }
 
+# args: none; block mode (hooks/block.sh): the loop devices over the block daemon's file
+# detached and its directory unmounted, so that the daemon commits its store, marks it
+# clean and exits
+block_detach() {
+    [ -d "$OB_RUN/block" ] || return 0
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -r "$f" ] || continue
+        case $(cat "$f") in
+            */overlayboot/block/disk)
+                d=${f#/sys/block/}
+                losetup -d "/dev/${d%%/*}" || fail "cannot detach /dev/${d%%/*} from the block device"
+                ;;
+        esac
+    done
+    timeout 10 umount "$OB_RUN/block" || fail "cannot unmount the block device's $OB_RUN/block"
+}
+
 # args: none; with $OB_RUN/seal-at-shutdown, the partial copy-ups on the persistence
 # partition made whole (kernel overlayfs format: overlayboot upper seal), within 60 s
 seal_if_asked() {
@@ -196,6 +213,7 @@ stop_others $dpid
 if [ -n "$moved" ]; then
     say "unmounting the old root"
     umount_tree /oldroot
+    block_detach
 fi
 patience=0
 [ -n "$moved" ] && patience=15

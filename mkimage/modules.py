@@ -30,7 +30,7 @@ BOOT_MODULES: tuple[str, ...] = (
 OPTIONAL_MODULES = frozenset(
     {"ohci_pci", "uhci_hcd", "ehci_pci", "usbhid", "hid_generic", "crc32c_generic", "nls_cp437",
      "sdhci_acpi", "nls_ascii", "nls_cp850"}
-)
+)  # fmt: skip
 # The network boot's (hooks/15-network.sh loads them, only when the boot needs the
 # network): the NICs of PCs and VMs (r8169's PHY driver realtek), the NFS client. All
 # optional: a kernel without them builds an image that boots from local media only.

@@ -85,6 +85,9 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.net.reach",
     "overlayboot.net.fetch",
     "overlayboot.net.httpfs",
+    "overlayboot.block.cli",  # overlayboot.overlay=block (hooks/block.sh)
+    "overlayboot.block.daemon",
+    "overlayboot.block.manage",
     "runpy",
 )
 # The image builder is not needed at boot: overlayboot.cli names its commands in a table

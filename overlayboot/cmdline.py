@@ -33,6 +33,7 @@ PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "over
 # the network boot's phases (hooks/15-network.sh, 25-fetch.sh): by name only, no number
 NET_PHASES: tuple[str, ...] = ("network", "fetch")
 DEFAULT_IMAGE = "/live/filesystem.squashfs"
+DEFAULT_BLOCK_IMAGE = "/live/filesystem.ext4"  # overlayboot.overlay=block: a filesystem image
 DEFAULT_LABEL = "OVERLAYBOOT"
 IMAGE_CONF = Path("/etc/overlayboot/image.conf")
 
@@ -170,6 +171,8 @@ def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootC
             if origin is None:
                 raise
             raise CmdlineError(f"{origin}: {exc.message}", exc.hint) from None
+    if cfg.overlay == "block" and cfg.image == DEFAULT_IMAGE:
+        cfg = replace(cfg, image=DEFAULT_BLOCK_IMAGE)
     return replace(cfg, warnings=tuple(warnings), net=check(cfg.net))
 
 
@@ -220,8 +223,8 @@ def _overlayboot_param(
         return replace(cfg, check=_flag(value, "overlayboot.check"))
     if key == "overlay":
         v = _need(value, key)
-        if v not in ("fuse", "kernel"):
-            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse or kernel")
+        if v not in ("fuse", "kernel", "block"):
+            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse, kernel or block")
         return replace(cfg, overlay=v)
     if key == "break":
         return replace(cfg, breaks=cfg.breaks | _phase_list(value))

@@ -57,6 +57,7 @@ PACKAGES: dict[str, str] = {
     "sfdisk": "fdisk",
     "blkid": "util-linux",
     "isoinfo": "genisoimage",
+    "losetup": "mount",
 }
 
 
