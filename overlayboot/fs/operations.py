@@ -71,6 +71,28 @@ class DirHandle:
     names: list[bytes] | None = None
 
 
+PASSTHROUGH = hasattr(pyfuse3, "passthrough_open")
+"""Whether this pyfuse3 can bind open files to backing files (FUSE passthrough: the build the
+Makefile makes, against libfuse 3.17, does; see third_party/pyfuse3)."""
+
+
+class _KernelBacking:
+    """Backing files registered through pyfuse3 (``passthrough.Kernel``)."""
+
+    def open_backing(self, fd: int) -> int:
+        return int(pyfuse3.passthrough_open(fd))
+
+    def close_backing(self, backing_id: int) -> None:
+        pyfuse3.passthrough_close(backing_id)
+
+
+def file_info(fh: int, backing_id: int) -> pyfuse3.FileInfo:
+    """The open reply: kept page cache, or a backing file (the two exclude each other)."""
+    if backing_id:
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
+    return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+
 class OverlayOperations(pyfuse3.Operations):
     """pyfuse3 handlers over an :class:`Overlay`."""
 
@@ -86,9 +108,19 @@ class OverlayOperations(pyfuse3.Operations):
         self.timeout = overlay.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+        # asked for at INIT (pyfuse3 reads it there); the kernel may still say no
+        self.enable_passthrough = PASSTHROUGH and overlay.cfg.passthrough
 
     def init(self) -> None:
+        if self.enable_passthrough and pyfuse3.passthrough_enabled():
+            self.files.bindings.kernel = _KernelBacking()
+        log.info("FUSE passthrough %s", "on" if self.files.bindings.enabled else "off")
         self.initialized.set()
+
+    @property
+    def passthrough(self) -> bool:
+        """Whether open files may be bound to backing files (INIT agreed, not given up)."""
+        return self.files.bindings.enabled
 
     # ------------------------------------------------------------ replies
 
@@ -188,6 +220,8 @@ class OverlayOperations(pyfuse3.Operations):
             return self._entry(node)
         handle = self.files.handles.get(fh) if fh is not None else None
         upper_fd = handle.fd if handle is not None and handle.upper else None
+        if want.size is not None and (handle is None or not handle.writable):
+            self.files.check_writable(node)  # a truncate changes the data
         async with self.overlay.lock:
             writable = handle is not None and handle.writable
             await attrs.change(self.overlay, node, want, upper_fd, writable)
@@ -271,7 +305,7 @@ class OverlayOperations(pyfuse3.Operations):
                 raise
             return await self._open_existing(parent_inode, name, flags)
         fh = self.files.adopt_created(node, opened[0])
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
+        return file_info(fh, self.files.backing_id(fh)), entry
 
     async def _open_existing(
         self, parent_inode: int, name: bytes, flags: int
@@ -280,7 +314,7 @@ class OverlayOperations(pyfuse3.Operations):
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         fh = await self.files.open(node, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._lookup_ref(node)
+        return file_info(fh, self.files.backing_id(fh)), self._lookup_ref(node)
 
     @guarded
     async def link(
@@ -328,7 +362,7 @@ class OverlayOperations(pyfuse3.Operations):
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh = await self.files.open(self.overlay.node(inode), flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return file_info(fh, self.files.backing_id(fh))
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
