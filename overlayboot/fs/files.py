@@ -13,8 +13,8 @@ does on kernel overlayfs, and as read(2) did before Linux 4.19), and the copy-up
 itself cannot use that inode: an open for writing (or ``O_TRUNC``, or a truncate)
 of an inode bound to its lower file gives the node a new inode number and answers
 ESTALE, on which the kernel looks the path up again (``LOOKUP_REVAL``) and opens
-the new inode. The open lower files keep the old number, and the file keeps the
-new one until the next mount.
+the new inode. ``stat`` shows the old number for both (``shown_ino``), as kernel
+overlayfs, which has one inode, would.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class OpenFiles:
         # with noatime, reads through the daemon leave the upper files' atime alone
         self.read_flags = os.O_NOATIME if "noatime" in overlay.cfg.options else 0
         self.bindings = Bindings()  # its kernel is set once INIT agreed to passthrough
+        # FUSE inode number -> the st_ino stat shows for it, where they differ (check_writable)
+        self.shown_ino: dict[int, int] = {}
 
     def new_number(self) -> int:
         return next(self._numbers)
@@ -138,6 +140,7 @@ class OpenFiles:
             if ino == node.ino:
                 table.overrides[raw] = new_ino
         table.overrides.setdefault(node.ino, new_ino)
+        self.shown_ino[new_ino] = self.shown_ino.get(node.ino, node.ino)
         for parent, name in list(node.names()):
             table.remove_name(node, parent, name)
         log.debug("inode %#x bound to its lower file: %#x for the copy-up", node.ino, new_ino)

@@ -76,6 +76,10 @@ PASSTHROUGH = hasattr(pyfuse3, "passthrough_open")
 Makefile makes, against libfuse 3.17, does; see third_party/pyfuse3)."""
 
 
+STAT_INO = hasattr(pyfuse3.EntryAttributes, "stat_ino")
+"""Whether replies can show an st_ino other than the FUSE inode number (same build)."""
+
+
 class _KernelBacking:
     """Backing files registered through pyfuse3 (``passthrough.Kernel``)."""
 
@@ -141,6 +145,9 @@ class OverlayOperations(pyfuse3.Operations):
         st = found.st
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
+        shown = self.files.shown_ino.get(node.ino)
+        if shown is not None and STAT_INO:
+            e.stat_ino = shown  # a file given a new inode for its copy-up (files)
         e.generation = 0
         e.entry_timeout = self.timeout
         e.attr_timeout = self.timeout

@@ -11,7 +11,7 @@ set -euo pipefail
 PY=$1
 CACHE=$(mkdir -p "$2" && cd "$2" && pwd)
 VERSION=3.5.0
-LOCAL=overlayboot.3
+LOCAL=overlayboot.4
 SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
 HERE=$(cd "$(dirname "$0")" && pwd)
 LIBFUSE=${3:-}
