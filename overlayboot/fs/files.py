@@ -74,9 +74,14 @@ class OpenFiles:
     def add(self, handle: FileHandle) -> int:
         """Register an open file (closing its fd if the kernel inode cannot take it)."""
         try:
-            whole = handle.partial is None
+            # the kernel opens the backing file anew, without O_NOATIME: with noatime,
+            # reads of upper files stay with the daemon (lower files are not written)
             handle.backing_id = self.bindings.attach(
-                handle.node.ino, handle.fd, upper=handle.upper, whole=whole
+                handle.node.ino,
+                handle.fd,
+                upper=handle.upper,
+                whole=handle.partial is None,
+                bind=not (handle.upper and self.read_flags),
             )
         except BaseException:
             os.close(handle.fd)

@@ -65,12 +65,13 @@ class Bindings:
         io = self.by_ino.get(ino)
         return io is not None and io.backing_id > 0 and not io.upper
 
-    def attach(self, ino: int, fd: int, *, upper: bool, whole: bool) -> int:
+    def attach(self, ino: int, fd: int, *, upper: bool, whole: bool, bind: bool = True) -> int:
         """A file of ``ino`` is being opened on ``fd``: the backing id for its open reply
-        (0: the daemon serves it). ``whole``: ``fd`` holds the whole file's data."""
+        (0: the daemon serves it). ``whole``: ``fd`` holds the whole file's data;
+        ``bind``: bind the inode to ``fd``'s file if it is not bound yet."""
         io = self.by_ino.get(ino)
         if io is None:
-            io = InodeIo(self._register(fd) if whole else 0, upper)
+            io = InodeIo(self._register(fd) if whole and bind else 0, upper)
             self.by_ino[ino] = io
         elif io.backing_id and not whole:
             raise OSError(errno.EBUSY, "the kernel reads this file from a backing file")
