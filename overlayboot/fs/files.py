@@ -84,8 +84,12 @@ class OpenFiles:
                 bind=not (handle.upper and self.read_flags),
             )
         except BaseException:
-            os.close(handle.fd)
+            if handle.fd >= 0:
+                os.close(handle.fd)
             raise
+        if handle.backing_id and not handle.upper and handle.fd >= 0:
+            os.close(handle.fd)  # the kernel holds the lower file now
+            handle.fd = -1
         number = self.new_number()
         self.handles[number] = handle
         handle.node.handles += 1
@@ -98,6 +102,8 @@ class OpenFiles:
     def of_node(self, node: Node, *, upper: bool | None = None) -> FileHandle | None:
         """An open handle of ``node`` (on the upper if ``upper``), if any."""
         for handle in self.handles.values():
+            if handle.fd < 0:
+                continue  # a lower file the kernel reads through its backing file
             if handle.node is node and (upper is None or handle.upper == upper):
                 return handle
         return None
@@ -125,6 +131,8 @@ class OpenFiles:
             path = overlay.upper_path(node)
             fd = self._open_real(path, mode | extra)
             partial = self._partial_of(fd, path)
+        elif self.bindings.has_backing(node.ino, upper=False):
+            fd = -1  # the kernel reads its backing file: the daemon needs no fd
         else:
             fd = os.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         return self.add(FileHandle(node, fd, node.upper, writable, partial, bool(extra)))
@@ -226,11 +234,18 @@ class OpenFiles:
             handle.node.handles -= 1
             self.bindings.detach(handle.node.ino)
             self.overlay.table.forget(handle.node.ino, 0)
+            self.forgotten(handle.node.ino)
             if handle.partial is not None:
                 self.overlay.partials.release(handle.partial)
         finally:
-            with contextlib.suppress(OSError):
-                os.close(handle.fd)
+            if handle.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(handle.fd)
+
+    def forgotten(self, ino: int) -> None:
+        """The kernel forgot ``ino`` (no node left): its idle binding goes too."""
+        if self.overlay.table.get(ino) is None:
+            self.bindings.drop(ino)
 
 
 def _share(partial: ChunkedFile | None) -> ChunkedFile | None:

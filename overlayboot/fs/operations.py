@@ -198,6 +198,7 @@ class OverlayOperations(pyfuse3.Operations):
         for ino, count in inode_list:
             try:
                 self.overlay.table.forget(ino, count)
+                self.files.forgotten(ino)
             except Exception:
                 log.exception("INTERNAL: forget(%#x, %d)", ino, count)
 

@@ -50,10 +50,29 @@ def test_one_backing_file_per_inode_while_files_are_open() -> None:
     b.detach(7)
     assert ids.closed == [] and b.bound_to_lower(7)
     b.detach(7)
-    assert ids.closed == [first] and not b.bound_to_lower(7)
-    # free again: the next open binds afresh (the upper copy now)
+    # idle: no file open, so a copy-up may use the inode; the binding is kept for reuse
+    assert ids.closed == [] and not b.bound_to_lower(7)
+    assert b.has_backing(7, upper=False)
+    assert b.attach(7, -1, upper=False, whole=True) == first  # no fd needed
+    b.detach(7)
+    # copied up since: the next open binds the upper copy, the lower binding goes
     again = b.attach(7, 5, upper=True, whole=True)
-    assert again != first and not b.bound_to_lower(7)
+    assert again != first and ids.closed == [first] and not b.bound_to_lower(7)
+
+
+def test_idle_bindings_are_bounded_and_dropped_when_forgotten() -> None:
+    b, ids = Bindings(max_idle=2), Ids()
+    b.kernel = ids
+    got = {ino: b.attach(ino, ino, upper=False, whole=True) for ino in (1, 2, 3)}
+    for ino in (1, 2, 3):
+        b.detach(ino)
+    assert ids.closed == [got[1]]  # the least recently used idle one
+    b.attach(2, -1, upper=False, whole=True)
+    b.drop(2)  # in use: kept
+    assert ids.closed == [got[1]]
+    b.detach(2)
+    b.drop(3)
+    assert ids.closed == [got[1], got[3]] and list(b.by_ino) == [2]
 
 
 def test_a_partial_file_is_served_by_the_daemon_and_keeps_the_inode_unbound() -> None:
