@@ -135,10 +135,15 @@ class OverlayOperations(pyfuse3.Operations):
             if exc.errno != errno.ENOENT:
                 raise
             handle = self.files.of_node(node)
-            if handle is None:
-                raise
-            st = os.fstat(handle.fd)  # unlinked, still open
-            return Stat(node.ino, st, st.st_nlink)
+            if handle is not None:
+                st = os.fstat(handle.fd)  # unlinked, still open
+                return Stat(node.ino, st, st.st_nlink)
+            if node.handles and node.lowers:
+                # open only on its lower file, bound to it (passthrough): that file is it
+                idx, rel = node.lowers[0]
+                st = self.overlay.layers[idx].lstat(rel)
+                return Stat(node.ino, st, st.st_nlink)
+            raise
 
     def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         found = self._attributes(node, upper_st)

@@ -122,3 +122,22 @@ def test_truncate_and_o_trunc_while_the_lower_file_is_open(ovl: Ovl) -> None:
         os.close(early2)
     assert Path(ovl.u("top.txt")).read_bytes() == b"to"
     assert Path(ovl.u("dir/a1.txt")).read_bytes() == b"new a1"
+
+
+def test_fstat_of_an_early_fd_after_a_chmod_and_a_write(ovl: Ovl) -> None:
+    """The file got its metadata copied up while bound to its lower file, then was
+    written: the early fd's inode has no name and no fd in the daemon, and fstat still
+    answers (from the lower file it reads)."""
+    early = os.open(ovl.m("dir/a1.txt"), os.O_RDONLY)
+    try:
+        assert os.pread(early, 100, 0) == b"a1\n"
+        os.chmod(ovl.m("dir/a1.txt"), 0o600)
+        with open(ovl.m("dir/a1.txt"), "ab") as w:
+            w.write(b"more\n")
+        assert os.pread(early, 100, 0) == b"a1\n"
+        st = os.fstat(early)
+        assert st.st_ino == os.lstat(ovl.m("dir/a1.txt")).st_ino
+        assert st.st_size == 3
+    finally:
+        os.close(early)
+    assert _read_all(ovl.m("dir/a1.txt")) == b"a1\nmore\n"
