@@ -28,6 +28,7 @@ from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
 from overlayboot.fs.files import OpenFiles
 from overlayboot.fs.inodes import Node
+from overlayboot.fs.newfile import create_in_place
 
 log = logging.getLogger("overlayboot.fs")
 
@@ -305,6 +306,9 @@ class OverlayOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        made = await self._create_in_place(parent_inode, name, mode, ctx)
+        if made is not None:
+            return made
         opened: list[int] = []
         build = dirops.file_builder(opened)
         try:
@@ -318,6 +322,25 @@ class OverlayOperations(pyfuse3.Operations):
                 raise
             return await self._open_existing(parent_inode, name, flags)
         fh = self.files.adopt_created(node, opened[0])
+        return file_info(fh, self.files.backing_id(fh)), entry
+
+    async def _create_in_place(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes] | None:
+        """``create`` in a directory with no lower part (``newfile``); None: not there."""
+        overlay = self.overlay
+        parent = overlay.node(parent_inode)
+        async with overlay.lock:
+            made = create_in_place(overlay, parent, name, stat.S_IFREG | mode, (ctx.uid, ctx.gid))
+            if made is None:
+                return None
+            node, st, fd = made
+            try:
+                entry = self._lookup_ref(node, st)
+            except BaseException:
+                os.close(fd)
+                raise
+        fh = self.files.adopt_created(node, fd)
         return file_info(fh, self.files.backing_id(fh)), entry
 
     async def _open_existing(
