@@ -13,7 +13,7 @@ PYTEST_PAR := $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadfile
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
-	debootstrap exfatprogs exfat-fuse
+	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring
 
 .PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
 
@@ -31,11 +31,15 @@ $(VENV)/.apt-stamp:
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(VENV)/.pip-stamp
-$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/build.sh $(VENV)/.apt-stamp
+$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/build.sh \
+		third_party/libfuse/build.sh $(VENV)/.apt-stamp
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	# pyfuse3 with the directory cache and the non-blocking request loop (third_party/pyfuse3)
-	third_party/pyfuse3/build.sh $(abspath $(PY)) build/pyfuse3
+	# libfuse 3.17 (FUSE passthrough) from Debian trixie's source package (third_party/libfuse)
+	third_party/libfuse/build.sh build/libfuse
+	# pyfuse3 against it, with the directory cache, the non-blocking request loop and
+	# passthrough (third_party/pyfuse3)
+	third_party/pyfuse3/build.sh $(abspath $(PY)) build/pyfuse3 build/libfuse/prefix
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
@@ -77,3 +81,4 @@ bench: deps
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	rm -f $(VENV)/.pip-stamp  # its pyfuse3 loads libfuse from build/

@@ -227,7 +227,8 @@ SMOKE: list[tuple[str, tuple[object, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("subject", SUBJECTS)
+# ... and once with every read and write through the daemon (no FUSE passthrough)
+@pytest.mark.parametrize("subject", [*SUBJECTS, "overlayboot-nopassthrough"])
 def test_fixed_sequence_matches_kernel(lowers: list[Path], tmp_path: Path, subject: str) -> None:
     session = DiffSession(subject, lowers, tmp_path / "smoke").start()
     try:
