@@ -15,9 +15,11 @@ write). A partial copy-up is served by the daemon (its chunks live in two files)
 What an fd opened on the lower before a copy-up reads afterwards follows from the
 second rule: see ``files.OpenFiles.open``.
 
-A binding outlives the last release of its inode (up to ``MAX_IDLE`` of them, the least
-recently used dropped first, and until the kernel forgets the inode): the next open of
-a file read again reuses its backing id, with no open(2) or ioctl in the daemon.
+A lower file's binding outlives the last release of its inode (up to ``MAX_IDLE`` of
+them, the least recently used dropped first, and until the kernel forgets the inode):
+the next open of a file read again reuses its backing id, with no open(2) or ioctl in
+the daemon. An upper file's binding goes with its last release: the upper file may be
+unlinked, and an open backing file would keep its blocks.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ class Bindings:
             return
         if not io.backing_id:
             del self.by_ino[ino]
+            return
+        if io.upper:
+            # an upper file may be unlinked: its backing file, open in the kernel, would
+            # keep its blocks (a full tmpfs upper stays full after rm)
+            self.drop(ino)
             return
         self.idle[ino] = None
         while len(self.idle) > self.max_idle:

@@ -9,6 +9,7 @@ a mount whose kernel refuses passthrough fails these tests, it does not skip the
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -141,3 +142,25 @@ def test_fstat_of_an_early_fd_after_a_chmod_and_a_write(ovl: Ovl) -> None:
     finally:
         os.close(early)
     assert _read_all(ovl.m("dir/a1.txt")) == b"a1\nmore\n"
+
+
+def test_an_unlinked_upper_file_gives_its_space_back(ovl_factory: OvlFactory) -> None:
+    """The kernel holds a passed-through file's backing file open; after the last close
+    of an unlinked upper file its blocks must be free again (CI found a full tmpfs upper
+    that stayed full after rm)."""
+    ovl = ovl_factory(upper_size="6M")
+    assert _passthrough_state(ovl) == "on", "this kernel (6.9+ needed) refused FUSE passthrough"
+    for _ in range(3):
+        fd = os.open(ovl.m("fill"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with pytest.raises(OSError) as full:
+                while True:  # until the 6 MiB are full
+                    os.write(fd, DATA[: 1 << 20])
+            assert full.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        os.unlink(ovl.m("fill"))
+        with open(ovl.m("small"), "wb", buffering=0) as f:
+            f.write(b"small")
+        with open(ovl.m("small"), "rb") as f:
+            assert f.read() == b"small"

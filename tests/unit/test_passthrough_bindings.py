@@ -103,3 +103,15 @@ def test_a_refused_file_stays_with_the_daemon(err: int, stays_on: bool) -> None:
     b.kernel = Ids(fail=err)
     assert b.attach(7, 3, upper=False, whole=True) == 0
     assert b.enabled == stays_on  # EPERM (not root): no file will do
+
+
+def test_an_upper_binding_goes_with_its_last_file() -> None:
+    """An upper file may be unlinked: its backing file must not outlive its last close."""
+    b, ids = Bindings(), Ids()
+    b.kernel = ids
+    got = b.attach(5, 3, upper=True, whole=True)
+    b.attach(5, -1, upper=True, whole=True)
+    b.detach(5)
+    assert ids.closed == []
+    b.detach(5)
+    assert ids.closed == [got] and b.by_ino == {}
