@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeAlias
 
 from overlayboot.block.format import SECTOR, FormatError, State, Super, pack_super, unpack_super
 from overlayboot.block.identity import identify
@@ -28,6 +29,8 @@ from overlayboot.block.slots import Slots
 from overlayboot.errors import BlockError
 
 log = logging.getLogger("overlayboot.block")
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -178,42 +181,60 @@ class Store:
 
     def write(self, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; ENOSPC past the end of the view, or when the store
-        (``max_size``) or its disk is full."""
+        (``max_size``) or its disk is full. The chunks that move to new slots are written
+        with one ``pwritev`` per run of consecutive slots (a sequential write: one per
+        request), then mapped."""
         if not self.writable:
             raise OSError(errno.EROFS, "the store is open read-only")
         if offset + len(data) > self.size:
             raise OSError(errno.ENOSPC, "write past the end of the device")
         view = memoryview(data)
-        for piece in self.pieces(offset, len(data)):
-            part = view[piece.at : piece.at + piece.length]
-            if piece.chunk in self.fresh:
-                slot = self.index.slot(piece.chunk)
-                assert slot is not None
-                _pwrite_full(self.fd, part, self.sb.slot_offset(slot) + piece.start)
-            else:
-                self._copy_on_write(piece, part)
+        moved: list[tuple[int, int, Buffer]] = []  # chunk, new slot, its whole new version
+        try:
+            for piece in self.pieces(offset, len(data)):
+                part = view[piece.at : piece.at + piece.length]
+                if piece.chunk in self.fresh:
+                    slot = self.index.slot(piece.chunk)
+                    assert slot is not None
+                    _pwrite_full(self.fd, part, self.sb.slot_offset(slot) + piece.start)
+                else:
+                    moved.append((piece.chunk, self._take_slot(), self._new_version(piece, part)))
+            while moved:
+                run = _consecutive(moved)
+                _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
+                for chunk, slot, _ in run:
+                    self._map(chunk, slot)
+                del moved[: len(run)]
+        except BaseException:
+            for _, slot, _ in reversed(moved):
+                self.slots.give_back(slot)
+            raise
         return len(data)
 
-    def _copy_on_write(self, piece: Piece, part: memoryview) -> None:
-        """The chunk's first write since the last commit: its new version in a new slot."""
+    def _at(self, slot: int) -> int:
+        return self.sb.slot_offset(slot)
+
+    def _take_slot(self) -> int:
+        slot = self.slots.take()
+        if self.sb.max_size and self._at(slot) + self.sb.chunk_size > self.sb.max_size:
+            self.slots.give_back(slot)
+            raise OSError(errno.ENOSPC, "the block store is full (its maximum size)")
+        return slot
+
+    def _new_version(self, piece: Piece, part: memoryview) -> Buffer:
+        """The chunk's new content: ``part`` where it falls, its current bytes elsewhere."""
         length = self.chunk_length(piece.chunk)
         if piece.start == 0 and piece.length == length:
-            whole: bytes | bytearray | memoryview = part
-        else:
-            whole = bytearray(self.read(piece.chunk << self.sb.chunk_shift, length))
-            whole[piece.start : piece.start + piece.length] = part
-        slot = self.slots.take()
-        at = self.sb.slot_offset(slot)
-        try:
-            if self.sb.max_size and at + self.sb.chunk_size > self.sb.max_size:
-                raise OSError(errno.ENOSPC, "the block store is full (its maximum size)")
-            _pwrite_full(self.fd, whole, at)
-        except BaseException:
-            self.slots.give_back(slot)
-            raise
-        old = self.index.slot(piece.chunk)
-        self.index.set(piece.chunk, slot)
-        self.fresh.add(piece.chunk)
+            return part
+        whole = bytearray(self.read(piece.chunk << self.sb.chunk_shift, length))
+        whole[piece.start : piece.start + piece.length] = part
+        return whole
+
+    def _map(self, chunk: int, slot: int) -> None:
+        """The chunk's first write since the last commit is in ``slot``: map it there."""
+        old = self.index.slot(chunk)
+        self.index.set(chunk, slot)
+        self.fresh.add(chunk)
         if old is not None:
             self.slots.leave(old)
 
@@ -260,7 +281,22 @@ def _pread_full(fd: int, offset: int, length: int) -> bytes:
     return data
 
 
-def _pwrite_full(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+def _consecutive(moved: list[tuple[int, int, Buffer]]) -> list[tuple[int, int, Buffer]]:
+    """The leading run of ``moved`` whose slots follow one another."""
+    n = 1
+    while n < len(moved) and moved[n][1] == moved[n - 1][1] + 1:
+        n += 1
+    return moved[:n]
+
+
+def _pwritev_full(fd: int, buffers: list[Buffer], offset: int) -> None:
+    total = sum(len(b) for b in buffers)
+    n = os.pwritev(fd, buffers, offset)
+    if n < total:
+        _pwrite_full(fd, b"".join(buffers)[n:], offset + n)
+
+
+def _pwrite_full(fd: int, data: Buffer, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
