@@ -2,11 +2,13 @@
 
 A chunk's first write after a commit goes to a new slot (the whole chunk: the bytes the
 write does not cover are copied from the chunk's current version), and the index maps
-the chunk there in memory; later writes before the next commit go to that slot in place.
-Nothing on disk names the new slot until :meth:`Store.flush` (the device's flush, which a
-filesystem on top sends at every journal commit): it syncs the data, then writes the
-changed index pages (double-buffered, ``index``) and syncs again. So after a crash every
-chunk reads as of the last flush, wholly, and the store opens as it is: no repair step.
+the chunk there in memory, with the CRC-32 of its data; later writes before the next
+commit go to that slot in place. Nothing on disk names the new slot until
+:meth:`Store.flush` (the device's flush, which a filesystem on top sends at every journal
+commit): it writes the changed index pages (double-buffered, ``index``) and the super
+block (the last durable commit) and syncs data and pages at once. After a crash, a page of
+the unfinished commit counts only if the data it names matches its CRCs, so every chunk
+reads as of a flush, wholly, and the store opens as it is: no repair step.
 A write that finds the store or its disk full fails (``ENOSPC``) and changes nothing on
 disk that the index names.
 """
@@ -17,14 +19,24 @@ import errno
 import fcntl
 import logging
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeAlias
 
-from overlayboot.block.format import SECTOR, FormatError, State, Super, pack_super, unpack_super
+from overlayboot.block.format import (
+    PAGE,
+    SECTOR,
+    FormatError,
+    State,
+    Super,
+    pack_super,
+    page_offset,
+    unpack_super,
+)
 from overlayboot.block.identity import identify
-from overlayboot.block.index import Index
+from overlayboot.block.index import Index, Verify
 from overlayboot.block.slots import Slots
 from overlayboot.errors import BlockError
 
@@ -81,6 +93,20 @@ def check_base(sb: Super, base_fd: int, base: Path, path: Path) -> None:
         )
 
 
+def verifier(fd: int, sb: Super) -> Verify:
+    """Whether a slot holds the data of a chunk with a given CRC (for ``Index.load``)."""
+
+    def verify(chunk: int, slot: int, crc: int) -> bool:
+        length = min(sb.chunk_size, sb.base_size - chunk * sb.chunk_size)
+        try:
+            data = _pread_full(fd, sb.slot_offset(slot), length)
+        except OSError:
+            return False
+        return zlib.crc32(data) == crc
+
+    return verify
+
+
 class Store:
     """The copy-on-write view of a base through a store file."""
 
@@ -90,9 +116,10 @@ class Store:
         self.sb = sb
         self.base_fd = base_fd
         self.writable = writable
-        self.index = Index.load(fd, sb)
+        self.index = Index.load(fd, sb, verifier(fd, sb))
         self.slots = Slots(self.index.used_slots())
         self.fresh: set[int] = set()  # chunks whose slot was taken since the last commit
+        self.stale: set[int] = set()  # chunks whose CRC in the index is not their data's
         self.was_dirty = sb.state == State.DIRTY
 
     @classmethod
@@ -120,10 +147,16 @@ class Store:
             raise
 
     def _start(self) -> None:
-        """Drop the slots past the last committed one (a crash left them), mark dirty."""
+        """After a crash: drop the slots past the last one named (a crash left them) and
+        the page copies that did not count, make what counts durable; mark dirty."""
         end = self.sb.slot_offset(self.slots.end)
         if os.fstat(self.fd).st_size > end:
             os.ftruncate(self.fd, end)
+        for page, copy in self.index.rejected:
+            os.pwrite(self.fd, bytes(PAGE), page_offset(page, copy))
+        if self.index.seq > self.sb.durable:
+            os.fdatasync(self.fd)
+            self.sb = replace(self.sb, durable=self.index.seq)
         self._set_state(State.DIRTY)
 
     def _set_state(self, state: State) -> None:
@@ -197,13 +230,14 @@ class Store:
                     slot = self.index.slot(piece.chunk)
                     assert slot is not None
                     _pwrite_full(self.fd, part, self.sb.slot_offset(slot) + piece.start)
+                    self.stale.add(piece.chunk)
                 else:
                     moved.append((piece.chunk, self._take_slot(), self._new_version(piece, part)))
             while moved:
                 run = _consecutive(moved)
                 _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
-                for chunk, slot, _ in run:
-                    self._map(chunk, slot)
+                for chunk, slot, whole in run:
+                    self._map(chunk, slot, zlib.crc32(whole))
                 del moved[: len(run)]
         except BaseException:
             for _, slot, _ in reversed(moved):
@@ -230,23 +264,31 @@ class Store:
         whole[piece.start : piece.start + piece.length] = part
         return whole
 
-    def _map(self, chunk: int, slot: int) -> None:
+    def _map(self, chunk: int, slot: int, crc: int) -> None:
         """The chunk's first write since the last commit is in ``slot``: map it there."""
         old = self.index.slot(chunk)
-        self.index.set(chunk, slot)
+        self.index.set(chunk, slot, crc)
+        self.stale.discard(chunk)
         self.fresh.add(chunk)
         if old is not None:
             self.slots.leave(old)
 
     def flush(self) -> None:
-        """Make every write so far durable: data first, then the index pages naming it.
-        If it fails, the chunks written since the last commit are copied again at their
-        next write (their slots may be named on disk now) and nothing is freed."""
+        """Make every write so far durable: the changed index pages and the super block
+        written, then one sync. If it fails, the chunks written since the last commit are
+        copied again at their next write (their slots may be named on disk now) and
+        nothing is freed."""
         if not self.writable or (not self.fresh and not self.index.dirty):
             return
         try:
-            os.fdatasync(self.fd)
+            for chunk in sorted(self.stale):
+                slot = self.index.slot(chunk)
+                assert slot is not None
+                data = _pread_full(self.fd, self.sb.slot_offset(slot), self.chunk_length(chunk))
+                self.index.set_crc(chunk, zlib.crc32(data))
+            self.stale.clear()
             pages = self.index.write_dirty(self.fd)
+            os.pwrite(self.fd, pack_super(self.sb), 0)
             os.fdatasync(self.fd)
         except BaseException:
             self.fresh.clear()
@@ -254,6 +296,7 @@ class Store:
         self.index.committed(pages)
         self.slots.commit_done()
         self.fresh.clear()
+        self.sb = replace(self.sb, durable=self.index.seq)
 
     def close(self) -> None:
         """Commit, mark the store clean (writable) and close it."""
