@@ -49,6 +49,7 @@ block_upper() {
             die "cannot create the block store ${OB_BLOCK_STORE#"$OB_RUN"}: ${out#overlayboot: error: }"
         log "block: a new store ${OB_BLOCK_STORE#"$OB_RUN"}"
     fi
+    state upperdir "$dir"
     state block_store "$OB_BLOCK_STORE"
 }
 

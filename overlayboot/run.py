@@ -58,6 +58,8 @@ PACKAGES: dict[str, str] = {
     "blkid": "util-linux",
     "isoinfo": "genisoimage",
     "losetup": "mount",
+    "qemu-img": "qemu-utils",
+    "qemu-storage-daemon": "qemu-system-common",
 }
 
 

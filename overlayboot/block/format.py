@@ -7,9 +7,12 @@ Layout of a store file (all integers little-endian; README "Block-level mode")::
     4096    index: N page pairs, pair p at 4096 + p * 8192 (copy 0, then copy 1)
     D       data: slot s at D + s * chunk_size (D = the end of the index, chunk aligned)
 
-An index page maps ENTRIES_PER_PAGE chunks to slots; of the two copies of a page the valid
-one (magic, page number, CRC) with the higher sequence number counts. A commit writes each
-changed page over its other copy, so a torn write leaves the last committed one.
+An index page maps ENTRIES_PER_PAGE chunks to slots, each with the CRC-32 of its data; of
+the two copies of a page the valid one (magic, page number, CRC) with the higher sequence
+number counts, if its sequence number is at most the super block's *durable* one (a
+commit whose sync returned) or the data of every entry it changed matches its CRC. A
+commit writes each changed page over its other copy, so a torn or unfinished commit leaves
+the last durable one.
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ DIGEST_SIZE = 32
 MAX_HINT = 400  # bytes of the base path recorded as a hint
 
 # magic, version, chunk shift, state, reserved, base size, digest, max store size,
-# index pages, data offset, created, hint length
-_SUPER = struct.Struct("<8sHBBIQ32sQQQQH")
+# index pages, data offset, created, durable sequence, hint length
+_SUPER = struct.Struct("<8sHBBIQ32sQQQQQH")
 _SUPER_CRC_AT = SECTOR - 4
 
 PAGE_MAGIC = b"OBIX"
 _PAGE_HEAD = struct.Struct("<4sIQI")  # magic, page number, sequence, reserved
-ENTRIES_PER_PAGE = (PAGE - _PAGE_HEAD.size - 4) // 4  # 1018 u32 entries, then the CRC
-_ENTRIES = struct.Struct(f"<{ENTRIES_PER_PAGE}I")
+ENTRIES_PER_PAGE = (PAGE - _PAGE_HEAD.size - 4) // 8  # 509 (slot, CRC) pairs, then the CRC
+_ENTRIES = struct.Struct(f"<{2 * ENTRIES_PER_PAGE}I")
 
 
 class FormatError(ValueError):
@@ -62,6 +65,7 @@ class Super:
     max_size: int = 0  # 0: no limit but the disk's
     created: int = 0
     base_hint: str = ""
+    durable: int = 0  # the sequence number of the last commit known durable
     state: State = State.CLEAN
     version: int = VERSION
 
@@ -103,6 +107,7 @@ def pack_super(sb: Super) -> bytes:
         sb.index_pages,
         sb.data_offset,
         sb.created,
+        sb.durable,
         len(hint),
     )
     body = (head + hint).ljust(_SUPER_CRC_AT, b"\0")
@@ -117,7 +122,7 @@ def _unpack_sector(sector: bytes) -> Super:
     (crc,) = struct.unpack_from("<I", sector, _SUPER_CRC_AT)
     if zlib.crc32(body) != crc:
         raise FormatError("the super block's checksum is wrong")
-    (_, version, shift, state, _, size, digest, max_size, pages, data, created, hlen) = (
+    (_, version, shift, state, _, size, digest, max_size, pages, data, created, durable, hlen) = (
         _SUPER.unpack_from(body)
     )
     if version != VERSION:
@@ -127,7 +132,7 @@ def _unpack_sector(sector: bytes) -> Super:
     if (pages, data) != layout(size, shift):
         raise FormatError("the super block's layout does not match its base size")
     hint = body[_SUPER.size : _SUPER.size + hlen].decode(errors="replace")
-    return Super(shift, size, digest, pages, data, max_size, created, hint, State(state))
+    return Super(shift, size, digest, pages, data, max_size, created, hint, durable, State(state))
 
 
 def unpack_super(data: bytes) -> Super:
@@ -145,16 +150,27 @@ def page_offset(page: int, copy: int) -> int:
     return INDEX_OFFSET + (2 * page + copy) * PAGE
 
 
-def pack_page(page: int, seq: int, entries: Sequence[int]) -> bytes:
-    """An index page: ``entries[i]`` is slot + 1 of chunk ``page * ENTRIES_PER_PAGE + i``
-    (0: the chunk is the base's)."""
-    body = _PAGE_HEAD.pack(PAGE_MAGIC, page, seq, 0) + _ENTRIES.pack(*entries)
+def pack_page(page: int, seq: int, slots: Sequence[int], crcs: Sequence[int]) -> bytes:
+    """An index page: ``slots[i]`` is slot + 1 of chunk ``page * ENTRIES_PER_PAGE + i``
+    (0: the chunk is the base's), ``crcs[i]`` the CRC-32 of its data."""
+    pairs = [v for pair in zip(slots, crcs, strict=True) for v in pair]
+    body = _PAGE_HEAD.pack(PAGE_MAGIC, page, seq, 0) + _ENTRIES.pack(*pairs)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def unpack_page(data: bytes, page: int) -> tuple[int, tuple[int, ...]] | None:
-    """(sequence, entries) of a valid copy of ``page``; None if it is not (never written,
-    torn, or another page's)."""
+@dataclass(frozen=True)
+class PageCopy:
+    """A valid copy of an index page."""
+
+    seq: int
+    copy: int
+    slots: tuple[int, ...]
+    crcs: tuple[int, ...]
+
+
+def unpack_page(data: bytes, page: int, copy: int) -> PageCopy | None:
+    """Copy ``copy`` of ``page`` if it is valid; None if it is not (never written, torn,
+    or another page's)."""
     if len(data) != PAGE or data[:4] != PAGE_MAGIC:
         return None
     (crc,) = struct.unpack_from("<I", data, PAGE - 4)
@@ -163,4 +179,5 @@ def unpack_page(data: bytes, page: int) -> tuple[int, tuple[int, ...]] | None:
     _, number, seq, _ = _PAGE_HEAD.unpack_from(data)
     if number != page:
         return None
-    return seq, _ENTRIES.unpack_from(data, _PAGE_HEAD.size)
+    pairs = _ENTRIES.unpack_from(data, _PAGE_HEAD.size)
+    return PageCopy(seq, copy, pairs[0::2], pairs[1::2])

@@ -163,11 +163,12 @@ def info(path: Path) -> Info:
     """The store's super block and how much has changed (read without a lock: an attached
     store shows its last commit)."""
     from overlayboot.block.index import Index
+    from overlayboot.block.store import verifier
 
     fd = _open(path)
     try:
         sb = read_super(fd, path)
-        index = Index.load(fd, sb)
+        index = Index.load(fd, sb, verifier(fd, sb))
         st = os.fstat(fd)
         return Info(sb, index.mapped, st.st_size, st.st_blocks * 512)
     finally:

@@ -97,6 +97,8 @@ def test_block_mode_persists_and_refuses_another_image(
         assert guest.sh("echo kept > /etc/note && sync && cat /etc/note") == "kept"
         assert guest.sh("grep -c '^block_device=/dev/loop' /run/overlayboot/state") == "1"
         assert guest.sh("grep -c '^persistent=yes' /run/overlayboot/state") == "1"
+        status = guest.sh("/run/overlayboot/runtime/overlayboot status | grep block:")
+        assert re.search(r"/dev/loop\d+ over /run/overlayboot/rw/.*block.store", status), status
     first = guest.first.at
     log = guest.vm.log()
     (tmp_path / "boot1.log").write_text(log)

@@ -254,3 +254,37 @@ def test_cli_create_info_reset_and_one_line_errors(
         assert r.returncode == code, (args, r.stderr)
         assert r.stderr.count("\n") == 1, r.stderr
         assert r.stderr.startswith(f"overlayboot: error: {start}"), r.stderr
+
+
+def test_a_commit_whose_data_did_not_reach_the_disk_does_not_count(tmp_path: Path) -> None:
+    base = tmp_path / "big.img"
+    base.write_bytes(random.Random(9).randbytes(4 << 20))  # 1024 chunks: 3 index pages
+    path = _store(tmp_path, base)
+    far = 600  # a chunk of the second index page
+    st = Store.open(path, base, writable=True)
+    st.write(0, b"\x01" * CHUNK)
+    st.write(far * CHUNK, b"\x03" * CHUNK)
+    st.flush()
+    st.write(0, b"\x02" * CHUNK)
+    st.write(far * CHUNK, b"\x04" * CHUNK)
+    st.flush()  # its super block says that the commit before it is durable, not itself
+    at = st.sb.slot_offset(st.index.slot(0) or 0)
+    last_copy = st.index.current[0]  # the copy of page 0 the last commit wrote
+    st.abandon()  # the crash: then chunk 0's new data is found not to have reached the disk
+    with open(path, "r+b") as f:
+        f.seek(at + 100)
+        f.write(b"\x09" * 10)
+    st = Store.open(path, base, writable=False)
+    assert st.read(0, CHUNK) == b"\x01" * CHUNK  # its page: the commit before
+    assert st.read(far * CHUNK, CHUNK) == b"\x04" * CHUNK  # the other page's data is whole
+    st.abandon()
+    assert manage.info(path).mapped == 2
+    st = Store.open(path, base, writable=True)  # drops the copy that does not count
+    assert st.index.rejected == [(0, last_copy)]
+    st.write(0, b"\x05" * 10)
+    st.close()
+    st = Store.open(path, base, writable=False)
+    assert st.read(0, CHUNK) == b"\x05" * 10 + b"\x01" * (CHUNK - 10)
+    assert st.read(far * CHUNK, CHUNK) == b"\x04" * CHUNK
+    assert st.sb.durable == st.index.seq and not st.index.rejected
+    st.abandon()
