@@ -5,8 +5,10 @@ Nothing leaves the namespace (tests/net/netns.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +17,7 @@ from mkimage.kernel import Kernel
 from tests.net.clients import UNREAD, UNREAD_MIB, Served, client, make_served
 from tests.net.netns import SERVER, SUBNET, Netns, netns
 from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
-from tests.qemu.live import Guest
+from tests.qemu.live import BOOT_ERROR, Guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
@@ -75,3 +77,87 @@ def test_lazy_http_boot_by_name_reads_a_fraction(
         # a file never read at boot comes over when read, and whole
         assert guest.sh(f"wc -c < /{UNREAD}") == str(UNREAD_MIB << 20)
         assert sent(lab, "/image.squashfs") - before > UNREAD_MIB << 19
+
+
+def tree_digest(root: Path) -> str:
+    """Every path, mode and content of a tree: what the server must still hold after."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        h.update(f"{path.relative_to(root)} {st.st_mode:o}\n".encode())
+        if path.is_file() and not path.is_symlink():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_nfs_tree_boot_with_a_static_address(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab
+) -> None:
+    before = tree_digest(lab.served.tree)
+    static = f"ip={SUBNET}.50::{SERVER}:255.255.255.0:client50:eth0:off"
+    with client(
+        kernel, initramfs, lab.ns, 2, f"overlayboot.lower=nfs://{SERVER}/srv/tree", static
+    ) as guest:
+        check_root(guest)
+        state = guest.sh("cat /run/overlayboot/state | tr '\\n' ' '")
+        assert f"net_ip={SUBNET}.50" in state and "lower_url=nfs://" in state, state
+        assert "nfs4" in guest.sh("grep /run/overlayboot/nfs /proc/mounts")
+        # the daemon over a lower without xattrs: a lower file changed, one removed
+        guest.sh("echo changed >> /etc/release && rm /bin/md5sum")
+        assert guest.sh("cat /etc/release | tr '\\n' ' '") == "from the network lower changed "
+        assert guest.sh("ls /bin/md5sum 2>&1 | head -c 40").endswith("No such file or directory")
+    assert tree_digest(lab.served.tree) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "params",
+    [
+        ("root=live:http://{server}/image.squashfs",),  # dracut: whole, .sha256 beside it
+        ("netboot=nfs", "nfsroot={server}:/srv/docroot"),  # live-boot: a dir with live/
+        ("overlayboot.lower=nfs://{name}/srv/docroot/image.squashfs",),  # LTSP's way
+    ],
+    ids=["http-whole", "nfs-image-dir", "nfs-image-file"],
+)
+def test_other_lowers(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...]
+) -> None:
+    args = [p.format(server=SERVER, name=SERVER_NAME) for p in params]
+    with client(kernel, initramfs, lab.ns, 3, *args) as guest:
+        check_root(guest)
+        if "whole" in str(params):
+            assert guest.sh("grep -c '^toram=yes' /run/overlayboot/state") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        (("overlayboot.lower=http://{server}/missing.squashfs",), "HTTP 404"),
+        (
+            (
+                "overlayboot.lower=http://{server}/image.squashfs",
+                "overlayboot.lower.sha256=" + "0" * 64,
+            ),
+            "has sha256 ",
+        ),
+        (("overlayboot.lower=nfs://{server}/srv/not-there",), "cannot mount the NFS export"),
+        (
+            ("overlayboot.lower=http://{server}:8080/image.squashfs", "overlayboot.timeout=5"),
+            "port 8080",
+        ),
+        (
+            ("overlayboot.lower=nfs://{server}/srv/tree", "ip=eth1:dhcp", "overlayboot.timeout=5"),
+            "no network interface (eth1)",
+        ),
+    ],
+    ids=["http-404", "bad-sha256", "nfs-wrong-export", "server-down", "no-such-nic"],
+)
+def test_network_boot_errors(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...], error: str
+) -> None:
+    args = [p.format(server=SERVER) for p in params]
+    with client(kernel, initramfs, lab.ns, 4, *args, until=BOOT_ERROR) as guest:
+        line = guest.first.text
+        assert error in line, line
+        assert len(line) < 400
