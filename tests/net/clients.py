@@ -15,7 +15,7 @@ from pathlib import Path
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
 from tests.net.netns import Netns
-from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, POWEROFF_TIMEOUT, ROOT_UP, Guest
 
 ROOT_INIT = """#!/bin/sh
@@ -28,6 +28,7 @@ poweroff -f
 APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut"
 UNREAD = "opt/unread.bin"  # big, incompressible, never read at boot: lazy reads skip it
 UNREAD_MIB = 24
+UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")  # Debian package ipxe
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,35 @@ class NetnsVmConfig(VmConfig):
 
     def argv(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *super().argv()]
+
+
+@dataclass(frozen=True)
+class NetnsPxeConfig(MediaVmConfig):
+    """A VM with no disk that boots from its NIC (QEMU's iPXE ROM), inside the namespace."""
+
+    netns: str = ""
+
+    def argv(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().argv(), "-boot", "n"]
+
+
+IPXE_SCRIPT = """#!ipxe
+kernel http://{server}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 {params}
+initrd http://{server}/initrd.img
+boot
+"""
+
+
+def pxe_files(
+    docroot: Path, tftp: Path, kernel: Kernel, initramfs: BuiltInitramfs, server: str, params: str
+) -> None:
+    """What a PXE client fetches: iPXE's own loader over TFTP (for a NIC ROM that is not
+    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP."""
+    tftp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(UNDIONLY, tftp / "undionly.kpxe")
+    shutil.copy(kernel.image, docroot / "vmlinuz")
+    shutil.copy(initramfs.path, docroot / "initrd.img")
+    (docroot / "boot.ipxe").write_text(IPXE_SCRIPT.format(server=server, params=params))
 
 
 def tiny_root(root: Path) -> Path:

@@ -173,7 +173,11 @@ def dnsmasq_argv(
     ]  # fmt: skip
     argv += [f"--address=/{name}/{addr}" for name, addr in names.items()]
     if tftp is not None:
-        argv += ["--enable-tftp", f"--tftp-root={tftp}"]
+        # PXE: a NIC ROM that is iPXE (QEMU's) gets the iPXE script over HTTP; any other
+        # gets iPXE itself over TFTP first, which then asks again
+        argv += ["--enable-tftp", f"--tftp-root={tftp}", "--dhcp-match=set:ipxe,175",
+                 f"--dhcp-boot=tag:ipxe,http://{server}/boot.ipxe",
+                 "--dhcp-boot=tag:!ipxe,undionly.kpxe"]  # fmt: skip
     return argv
 
 

@@ -314,7 +314,8 @@ def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> Verdict:
         renamed = any(op.idx > last_sync and key in op.renamed for op in rnd.ops)
         if data is not None and (
             zero_extended(data, allowed, rnd.contents)
-            or renamed and unflushed_rename(data, allowed, rnd.contents)
+            or renamed
+            and unflushed_rename(data, allowed, rnd.contents)
         ):
             unflushed.append(key)
             continue

@@ -17,15 +17,19 @@ from mkimage.kernel import Kernel
 from tests.net.clients import (
     UNREAD,
     UNREAD_MIB,
+    NetnsPxeConfig,
     Served,
     client,
     client_config,
     fleet,
     make_served,
+    power_off,
+    pxe_files,
 )
 from tests.net.netns import SERVER, SUBNET, Netns, netns
 from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
-from tests.qemu.live import BOOT_ERROR, Guest
+from tests.qemu.harness import Vm
+from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
@@ -41,6 +45,7 @@ class Lab:
     dhcp: Dnsmasq
     http: Nginx
     nfs: Ganesha
+    base: Path
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +54,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     served = make_served(base)
     with (
         netns() as ns,
-        dnsmasq(base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}) as dhcp,
+        dnsmasq(
+            base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}, base / "tftp"
+        ) as dhcp,
         nginx(served.docroot, SERVER, 80, base / "nginx", ns.name) as http,
         ganesha(base, "/srv", SERVER, base / "ganesha", ns.name) as nfs,
     ):
-        yield Lab(ns, served, dhcp, http, nfs)
+        yield Lab(ns, served, dhcp, http, nfs, base)
 
 
 def sent(lab: Lab, uri: str) -> int:
@@ -196,3 +203,26 @@ def test_four_clients_at_once_keep_their_own_changes(
         print("boot to root (s):", [round(g.first.at, 1) for g in guests])
     assert tree_digest(lab.served.tree) == tree_before
     assert lab.served.sha256 == image_before
+
+
+@pytest.mark.slow
+def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab) -> None:
+    """No kernel given to QEMU: its NIC's iPXE ROM gets DHCP from dnsmasq, boot.ipxe, the
+    kernel and the initramfs from nginx; the client (an e1000 NIC) boots the lazy lower."""
+    params = f"overlayboot.lower=http://{SERVER}/image.squashfs overlayboot.lower.lazy"
+    pxe_files(
+        lab.served.docroot,
+        lab.base / "tftp",
+        kernel,
+        initramfs,
+        SERVER,
+        f"overlayboot.timeout=15 overlayboot.onerror=poweroff {params}",
+    )
+    cfg = NetnsPxeConfig(memory_mib=512, extra=tuple(lab.ns.nic(20, "e1000")), netns=lab.ns.name)
+    with Vm(cfg) as vm:
+        guest = Guest(vm, vm.wait_for(ROOT_UP, timeout=BOOT_TIMEOUT))
+        check_root(guest)
+        assert guest.sh("basename $(readlink /sys/class/net/eth0/device/driver)") == "e1000"
+        power_off(guest)
+    uris = {s.uri for s in lab.http.log()}
+    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img"} <= uris
