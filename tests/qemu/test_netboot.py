@@ -226,3 +226,26 @@ def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: L
         power_off(guest)
     uris = {s.uri for s in lab.http.log()}
     assert {"/boot.ipxe", "/vmlinuz", "/initrd.img"} <= uris
+
+
+@pytest.mark.slow
+def test_nfs_server_restart_while_a_client_runs(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab
+) -> None:
+    """The NFS server goes away under a running client: its reads wait (hard mount), resume
+    when the server is back, and the client's own changes are still there."""
+    want = hashlib.md5((lab.served.tree / UNREAD).read_bytes()).hexdigest()
+    with client(
+        kernel, initramfs, lab.ns, 5, f"overlayboot.lower=nfs://{SERVER}/srv/tree"
+    ) as guest:
+        guest.sh("echo kept > /etc/before-restart")
+        lab.nfs.stop()
+        try:
+            guest.vm.send(f"md5sum /{UNREAD} > /tmp/sum 2>&1 &\n")
+            assert guest.sh("sleep 3; wc -c < /tmp/sum") == "0"  # still waiting
+        finally:
+            lab.nfs.start()
+        got = guest.sh("while [ ! -s /tmp/sum ]; do sleep 1; done; cut -c1-32 /tmp/sum", 180)
+        assert got == want
+        assert guest.sh("cat /etc/before-restart") == "kept"
+        assert guest.sh("ls / | wc -l") != "0"
