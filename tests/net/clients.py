@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serverconf import UNDIONLY, ipxe_script
 from tests.net.netns import Netns
 from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, POWEROFF_TIMEOUT, ROOT_UP, Guest
@@ -28,7 +29,6 @@ poweroff -f
 APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut"
 UNREAD = "opt/unread.bin"  # big, incompressible, never read at boot: lazy reads skip it
 UNREAD_MIB = 24
-UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")  # Debian package ipxe
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,6 @@ class NetnsPxeConfig(MediaVmConfig):
         return ["ip", "netns", "exec", self.netns, *super().argv(), "-boot", "n"]
 
 
-IPXE_SCRIPT = """#!ipxe
-kernel http://{server}/vmlinuz initrd=initrd.img console=ttyS0 panic=-1 {params}
-initrd http://{server}/initrd.img
-boot
-"""
-
-
 def pxe_files(
     docroot: Path, tftp: Path, kernel: Kernel, initramfs: BuiltInitramfs, server: str, params: str
 ) -> None:
@@ -67,7 +60,8 @@ def pxe_files(
     shutil.copy(UNDIONLY, tftp / "undionly.kpxe")
     shutil.copy(kernel.image, docroot / "vmlinuz")
     shutil.copy(initramfs.path, docroot / "initrd.img")
-    (docroot / "boot.ipxe").write_text(IPXE_SCRIPT.format(server=server, params=params))
+    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}")
+    (docroot / "boot.ipxe").write_text(script)
 
 
 def tiny_root(root: Path) -> Path:
