@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "inspect": "mkimage.commands:inspect",
     "kernel": "mkimage.commands:kernel",
     "persistence": "mkimage.commands:persistence",
+    "serve": "overlayboot.net.serve:serve",
 }
 
 
