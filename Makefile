@@ -13,7 +13,8 @@ PYTEST_PAR := $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadfile
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
-	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring qemu-utils
+	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring qemu-utils \
+	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2
 
 .PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
 

@@ -28,6 +28,7 @@ LAZY_COMMANDS = {
     "kernel": "mkimage.commands:kernel",
     "persistence": "mkimage.commands:persistence",
     "block": "overlayboot.block.cli:block",
+    "serve": "overlayboot.net.serve:serve",
 }
 
 

@@ -4,7 +4,10 @@ An inode number is ``(layer tag << 56) | real inode``: tag 1 for a file born in
 the upper, ``2 + i`` for one that comes from lower layer ``i``. A copied-up file
 keeps its lower number (its origin is recorded in ``overlayboot.origin``), so a
 number survives copy-up and remount and never collides between layers (what
-overlayfs calls ``xino``). The root is always 1 (the FUSE root).
+overlayfs calls ``xino``). The root is always 1 (the FUSE root). A real number too big
+for 56 bits (NFS file ids are 64-bit; XFS and btrfs numbers can be large) gets what kernel
+overlayfs gives when xino bits run out: a number of its own, tag ``TAG_OVERFLOW``, the same
+for that (tag, real inode) for the daemon's life but not across remounts (logged once).
 
 A :class:`Node` is one inode the kernel holds (lookup count > 0) or one that
 is the parent of such an inode. It knows its merged names (a primary name plus
@@ -14,6 +17,7 @@ aliases for hard links), whether the upper has it, and its lower merge stack.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 
@@ -24,10 +28,35 @@ TAG_SHIFT = 56
 REAL_MASK = (1 << TAG_SHIFT) - 1
 TAG_UPPER = 1
 TAG_DYNAMIC = 0xFF
+TAG_OVERFLOW = 0xFE
+
+log = logging.getLogger("overlayboot.fs")
+_overflow: dict[tuple[int, int], int] = {}
+_overflow_next = itertools.count(1)
 
 
 def make_ino(tag: int, real_ino: int) -> int:
-    return (tag << TAG_SHIFT) | real_ino
+    if 0 <= real_ino <= REAL_MASK:
+        return (tag << TAG_SHIFT) | real_ino
+    return _overflow_ino(tag, real_ino)
+
+
+def _overflow_ino(tag: int, real_ino: int) -> int:
+    """A stable number of its own for a real inode number too big to tag (see above)."""
+    key = (tag, real_ino)
+    ino = _overflow.get(key)
+    if ino is None:
+        if not _overflow:
+            log.warning(
+                "inode number %#x (layer tag %d) is too big for %d bits: such inodes get "
+                "numbers that are not kept across remounts (as kernel overlayfs' xino)",
+                real_ino,
+                tag,
+                TAG_SHIFT,
+            )
+        ino = (TAG_OVERFLOW << TAG_SHIFT) | next(_overflow_next)
+        _overflow[key] = ino
+    return ino
 
 
 def lower_tag(layer: int) -> int:

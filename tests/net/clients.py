@@ -8,14 +8,15 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serverconf import UNDIONLY, ipxe_script
 from tests.net.netns import Netns
-from tests.qemu.harness import Vm, VmConfig
+from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, POWEROFF_TIMEOUT, ROOT_UP, Guest
 
 ROOT_INIT = """#!/bin/sh
@@ -38,6 +39,29 @@ class NetnsVmConfig(VmConfig):
 
     def argv(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns, *super().argv()]
+
+
+@dataclass(frozen=True)
+class NetnsPxeConfig(MediaVmConfig):
+    """A VM with no disk that boots from its NIC (QEMU's iPXE ROM), inside the namespace."""
+
+    netns: str = ""
+
+    def argv(self) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *super().argv(), "-boot", "n"]
+
+
+def pxe_files(
+    docroot: Path, tftp: Path, kernel: Kernel, initramfs: BuiltInitramfs, server: str, params: str
+) -> None:
+    """What a PXE client fetches: iPXE's own loader over TFTP (for a NIC ROM that is not
+    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP."""
+    tftp.mkdir(parents=True, exist_ok=True)
+    shutil.copy(UNDIONLY, tftp / "undionly.kpxe")
+    shutil.copy(kernel.image, docroot / "vmlinuz")
+    shutil.copy(initramfs.path, docroot / "initrd.img")
+    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}")
+    (docroot / "boot.ipxe").write_text(script)
 
 
 def tiny_root(root: Path) -> Path:
@@ -83,6 +107,32 @@ def make_served(base: Path) -> Served:
     return Served(tree, image, docroot)
 
 
+def client_config(
+    kernel: Kernel,
+    initramfs: BuiltInitramfs,
+    ns: Netns,
+    index: int,
+    *params: str,
+    memory_mib: int = 512,
+    nic: str = "virtio-net-pci",
+) -> NetnsVmConfig:
+    """Client ``index``: a NIC on a new tap, the boot parameters; errors power it off."""
+    return NetnsVmConfig(
+        kernel=kernel.image,
+        initrd=initramfs.path,
+        append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
+        memory_mib=memory_mib,
+        extra=tuple(ns.nic(index, nic)),
+        netns=ns.name,
+    )
+
+
+def power_off(guest: Guest) -> None:
+    """Leave the root's shell (its init powers off) and wait for QEMU to end."""
+    guest.vm.send("exit\n")
+    guest.vm.wait_exit(timeout=POWEROFF_TIMEOUT)
+
+
 @contextmanager
 def client(
     kernel: Kernel,
@@ -91,22 +141,24 @@ def client(
     index: int,
     *params: str,
     until: str = ROOT_UP,
-    memory_mib: int = 512,
-    nic: str = "virtio-net-pci",
 ) -> Iterator[Guest]:
     """A client booted with ``params``, handed over once a line matches ``until``; then
     powered off (its shell left) unless it stopped at its error (``until=BOOT_ERROR``)."""
-    cfg = NetnsVmConfig(
-        kernel=kernel.image,
-        initrd=initramfs.path,
-        append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff", *params),
-        memory_mib=memory_mib,
-        extra=tuple(ns.nic(index, nic)),
-        netns=ns.name,
-    )
-    with Vm(cfg) as vm:
+    with Vm(client_config(kernel, initramfs, ns, index, *params)) as vm:
         guest = Guest(vm, vm.wait_for(until, timeout=BOOT_TIMEOUT))
         yield guest
-        if until != BOOT_ERROR:
-            vm.send("exit\n")
-        vm.wait_exit(timeout=POWEROFF_TIMEOUT)
+        if until == BOOT_ERROR:
+            vm.wait_exit(timeout=POWEROFF_TIMEOUT)
+        else:
+            power_off(guest)
+
+
+@contextmanager
+def fleet(configs: list[NetnsVmConfig], timeout: float = 3 * BOOT_TIMEOUT) -> Iterator[list[Guest]]:
+    """Every client started at once, handed over once each root is up; powered off after."""
+    with ExitStack() as stack:
+        vms = [stack.enter_context(Vm(cfg)) for cfg in configs]
+        guests = [Guest(vm, vm.wait_for(ROOT_UP, timeout=timeout)) for vm in vms]
+        yield guests
+        for guest in guests:
+            power_off(guest)

@@ -17,10 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from overlayboot.net.serverconf import DhcpPlan, dnsmasq_options, ganesha_conf, nginx_conf
 from tests.waiting import poll_until, wait_exit
 
 NGINX = "/usr/sbin/nginx"
-LOG_FORMAT = "$remote_addr $status $request_method $uri $body_bytes_sent"
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -89,31 +89,6 @@ class Nginx:
                 self.proc.wait()
 
 
-def nginx_conf(root: Path, address: str, port: int, prefix: Path) -> str:
-    temps = "".join(
-        f"    {kind}_temp_path {prefix}/{kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    return f"""daemon off;
-user root root;  # the docroot is the test's (mode 0700 dirs)
-worker_processes 2;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 512; }}
-http {{
-    log_format sent '{LOG_FORMAT}';
-    access_log {prefix}/access.log sent;
-    default_type application/octet-stream;
-    sendfile on;
-    keepalive_requests 100000;
-{temps}    server {{
-        listen {address}:{port};
-        root {root};
-    }}
-}}
-"""
-
-
 @contextmanager
 def nginx(
     root: Path, address: str, port: int, prefix: Path, netns: str | None = None
@@ -160,23 +135,6 @@ class Dnsmasq:
         return path.read_text() if path.exists() else ""
 
 
-def dnsmasq_argv(
-    prefix: Path, subnet: str, server: str, names: dict[str, str], tftp: Path | None
-) -> list[str]:
-    argv = [
-        "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--user=root",
-        "--interface=br0", "--bind-interfaces", "--no-resolv", "--no-hosts",
-        f"--listen-address={server}", f"--dhcp-range={subnet}.100,{subnet}.199,255.255.255.0,1h",
-        f"--dhcp-leasefile={prefix}/leases", f"--pid-file={prefix}/dnsmasq.pid",
-        f"--log-facility={prefix}/dnsmasq.log", "--log-dhcp", "--dhcp-authoritative",
-        f"--dhcp-option=option:dns-server,{server}",
-    ]  # fmt: skip
-    argv += [f"--address=/{name}/{addr}" for name, addr in names.items()]
-    if tftp is not None:
-        argv += ["--enable-tftp", f"--tftp-root={tftp}"]
-    return argv
-
-
 @contextmanager
 def dnsmasq(
     prefix: Path,
@@ -189,7 +147,11 @@ def dnsmasq(
 ) -> Iterator[Dnsmasq]:
     """dnsmasq in ``netns`` on br0 only: DHCP for ``subnet``.100-199, DNS for ``names``."""
     prefix.mkdir(parents=True, exist_ok=True)
-    argv = in_netns([*dnsmasq_argv(prefix, subnet, server, names or {}, tftp), *extra], netns)
+    if tftp is not None:
+        tftp.mkdir(parents=True, exist_ok=True)
+    plan = DhcpPlan("br0", server, subnet, names=tuple((names or {}).items()))
+    opts = [f"--{o}" for o in dnsmasq_options(plan, prefix, tftp)]
+    argv = in_netns(["dnsmasq", *opts, *extra], netns)
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         poll_until(
@@ -207,37 +169,6 @@ def dnsmasq(
 
 
 GANESHA = "/usr/bin/ganesha.nfsd"
-
-
-def ganesha_conf(export: Path, pseudo: str, address: str, prefix: Path) -> str:
-    return f"""NFS_CORE_PARAM {{
-    Protocols = 4;
-    NFS_Port = 2049;
-    Bind_addr = {address};
-    Enable_NLM = false;
-    Enable_RQUOTA = false;
-}}
-NFSV4 {{
-    Graceless = true;
-    Lease_Lifetime = 15;
-    Minor_Versions = 1, 2;
-    RecoveryBackend = fs;
-    RecoveryRoot = {prefix}/recovery;
-}}
-NFS_KRB5 {{ Active_krb5 = false; }}
-EXPORT {{
-    Export_Id = 1;
-    Path = {export};
-    Pseudo = {pseudo};
-    Access_Type = RO;
-    Squash = No_Root_Squash;
-    SecType = sys;
-    Protocols = 4;
-    Transports = TCP;
-    FSAL {{ Name = VFS; }}
-}}
-LOG {{ Default_Log_Level = EVENT; }}
-"""
 
 
 @dataclass

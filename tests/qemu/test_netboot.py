@@ -5,17 +5,31 @@ Nothing leaves the namespace (tests/net/netns.py)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
-from tests.net.clients import UNREAD, UNREAD_MIB, Served, client, make_served
+from tests.net.clients import (
+    UNREAD,
+    UNREAD_MIB,
+    NetnsPxeConfig,
+    Served,
+    client,
+    client_config,
+    fleet,
+    make_served,
+    power_off,
+    pxe_files,
+)
 from tests.net.netns import SERVER, SUBNET, Netns, netns
 from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
-from tests.qemu.live import Guest
+from tests.qemu.harness import Vm
+from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
@@ -31,6 +45,7 @@ class Lab:
     dhcp: Dnsmasq
     http: Nginx
     nfs: Ganesha
+    base: Path
 
 
 @pytest.fixture(scope="module")
@@ -39,11 +54,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     served = make_served(base)
     with (
         netns() as ns,
-        dnsmasq(base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}) as dhcp,
+        dnsmasq(
+            base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}, base / "tftp"
+        ) as dhcp,
         nginx(served.docroot, SERVER, 80, base / "nginx", ns.name) as http,
         ganesha(base, "/srv", SERVER, base / "ganesha", ns.name) as nfs,
     ):
-        yield Lab(ns, served, dhcp, http, nfs)
+        yield Lab(ns, served, dhcp, http, nfs, base)
 
 
 def sent(lab: Lab, uri: str) -> int:
@@ -75,3 +92,161 @@ def test_lazy_http_boot_by_name_reads_a_fraction(
         # a file never read at boot comes over when read, and whole
         assert guest.sh(f"wc -c < /{UNREAD}") == str(UNREAD_MIB << 20)
         assert sent(lab, "/image.squashfs") - before > UNREAD_MIB << 19
+
+
+def tree_digest(root: Path) -> str:
+    """Every path, mode and content of a tree: what the server must still hold after."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        h.update(f"{path.relative_to(root)} {st.st_mode:o}\n".encode())
+        if path.is_file() and not path.is_symlink():
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_nfs_tree_boot_with_a_static_address(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab
+) -> None:
+    before = tree_digest(lab.served.tree)
+    static = f"ip={SUBNET}.50::{SERVER}:255.255.255.0:client50:eth0:off"
+    with client(
+        kernel, initramfs, lab.ns, 2, f"overlayboot.lower=nfs://{SERVER}/srv/tree", static
+    ) as guest:
+        check_root(guest)
+        state = guest.sh("cat /run/overlayboot/state | tr '\\n' ' '")
+        assert f"net_ip={SUBNET}.50" in state and "lower_url=nfs://" in state, state
+        assert "nfs4" in guest.sh("grep /run/overlayboot/nfs /proc/mounts")
+        # the daemon over a lower without xattrs: a lower file changed, one removed
+        guest.sh("echo changed >> /etc/release && rm /bin/md5sum")
+        assert guest.sh("cat /etc/release | tr '\\n' ' '") == "from the network lower changed "
+        assert guest.sh("ls /bin/md5sum 2>&1 | head -c 40").endswith("No such file or directory")
+    assert tree_digest(lab.served.tree) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "params",
+    [
+        ("root=live:http://{server}/image.squashfs",),  # dracut: whole, .sha256 beside it
+        ("netboot=nfs", "nfsroot={server}:/srv/docroot"),  # live-boot: a dir with live/
+        ("overlayboot.lower=nfs://{name}/srv/docroot/image.squashfs",),  # LTSP's way
+    ],
+    ids=["http-whole", "nfs-image-dir", "nfs-image-file"],
+)
+def test_other_lowers(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...]
+) -> None:
+    args = [p.format(server=SERVER, name=SERVER_NAME) for p in params]
+    with client(kernel, initramfs, lab.ns, 3, *args) as guest:
+        check_root(guest)
+        if "whole" in str(params):
+            assert guest.sh("grep -c '^toram=yes' /run/overlayboot/state") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        (("overlayboot.lower=http://{server}/missing.squashfs",), "HTTP 404"),
+        (
+            (
+                "overlayboot.lower=http://{server}/image.squashfs",
+                "overlayboot.lower.sha256=" + "0" * 64,
+            ),
+            "has sha256 ",
+        ),
+        (("overlayboot.lower=nfs://{server}/srv/not-there",), "cannot mount the NFS export"),
+        (
+            ("overlayboot.lower=http://{server}:8080/image.squashfs", "overlayboot.timeout=5"),
+            "port 8080",
+        ),
+        (
+            ("overlayboot.lower=nfs://{server}/srv/tree", "ip=eth1:dhcp", "overlayboot.timeout=5"),
+            "no network interface (eth1)",
+        ),
+    ],
+    ids=["http-404", "bad-sha256", "nfs-wrong-export", "server-down", "no-such-nic"],
+)
+def test_network_boot_errors(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...], error: str
+) -> None:
+    args = [p.format(server=SERVER) for p in params]
+    with client(kernel, initramfs, lab.ns, 4, *args, until=BOOT_ERROR) as guest:
+        line = guest.first.text
+        assert error in line, line
+        assert len(line) < 400
+
+
+@pytest.mark.slow
+def test_four_clients_at_once_keep_their_own_changes(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab
+) -> None:
+    """Two clients over NFS (the tree), two over lazy HTTP, booted at the same time from one
+    server: each writes its own file, none sees another's, the server's copies are intact."""
+    tree_before = tree_digest(lab.served.tree)
+    image_before = lab.served.sha256
+    lowers = [
+        f"overlayboot.lower=nfs://{SERVER}/srv/tree",
+        f"overlayboot.lower=http://{SERVER}/image.squashfs overlayboot.lower.lazy",
+    ]
+    configs = [
+        client_config(kernel, initramfs, lab.ns, 10 + i, *lowers[i % 2].split()) for i in range(4)
+    ]
+    with fleet(configs) as guests:
+        for i, guest in enumerate(guests):
+            guest.sh(f"echo client-{i} > /etc/mine-{i}")
+        for i, guest in enumerate(guests):
+            assert guest.sh("ls /etc | grep mine- | tr '\\n' ' '") == f"mine-{i} "
+            assert guest.sh(f"cat /etc/mine-{i}") == f"client-{i}"
+            assert guest.sh("cat /etc/release") == "from the network lower"
+        print("boot to root (s):", [round(g.first.at, 1) for g in guests])
+    assert tree_digest(lab.served.tree) == tree_before
+    assert lab.served.sha256 == image_before
+
+
+@pytest.mark.slow
+def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab) -> None:
+    """No kernel given to QEMU: its NIC's iPXE ROM gets DHCP from dnsmasq, boot.ipxe, the
+    kernel and the initramfs from nginx; the client (an e1000 NIC) boots the lazy lower."""
+    params = f"overlayboot.lower=http://{SERVER}/image.squashfs overlayboot.lower.lazy"
+    pxe_files(
+        lab.served.docroot,
+        lab.base / "tftp",
+        kernel,
+        initramfs,
+        SERVER,
+        f"overlayboot.timeout=15 overlayboot.onerror=poweroff {params}",
+    )
+    cfg = NetnsPxeConfig(memory_mib=512, extra=tuple(lab.ns.nic(20, "e1000")), netns=lab.ns.name)
+    with Vm(cfg) as vm:
+        guest = Guest(vm, vm.wait_for(ROOT_UP, timeout=BOOT_TIMEOUT))
+        check_root(guest)
+        assert guest.sh("basename $(readlink /sys/class/net/eth0/device/driver)") == "e1000"
+        power_off(guest)
+    uris = {s.uri for s in lab.http.log()}
+    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img"} <= uris
+
+
+@pytest.mark.slow
+def test_nfs_server_restart_while_a_client_runs(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab
+) -> None:
+    """The NFS server goes away under a running client: its reads wait (hard mount), resume
+    when the server is back, and the client's own changes are still there."""
+    want = hashlib.md5((lab.served.tree / UNREAD).read_bytes()).hexdigest()
+    with client(
+        kernel, initramfs, lab.ns, 5, f"overlayboot.lower=nfs://{SERVER}/srv/tree"
+    ) as guest:
+        guest.sh("echo kept > /etc/before-restart")
+        lab.nfs.stop()
+        try:
+            # never read before, so not cached: it can only come from the server
+            guest.vm.send(f"md5sum /{UNREAD} > /tmp/sum 2>&1 &\n")
+            assert guest.sh("cat /etc/before-restart") == "kept"  # the upper, meanwhile
+        finally:
+            lab.nfs.start()
+        got = guest.sh("while [ ! -s /tmp/sum ]; do sleep 1; done; cut -c1-32 /tmp/sum", 180)
+        assert got == want
+        assert guest.sh("cat /etc/before-restart") == "kept"
+        assert guest.sh("ls / | wc -l") != "0"
