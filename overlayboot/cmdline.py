@@ -229,9 +229,7 @@ def _overlayboot_param(
     return cfg
 
 
-def _upper_param(
-    cfg: BootConfig, key: str, value: str | None, warnings: list[str]
-) -> BootConfig:
+def _upper_param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
     """overlayboot.upper=, .upper.size=, .upper.readonly, .upper.reset (see the README)."""
     if key == "upper":
         v = _need(value, key)
@@ -301,7 +299,12 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_ONERROR": cfg.onerror,
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
-    lines += [f"echo {shlex.quote('WARNING: overlayboot: ' + w)} >&2" for w in cfg.warnings]
+    for w in cfg.warnings:  # on the console, and in the boot log (hooks/lib.sh)
+        line = shlex.quote(f"WARNING: overlayboot: {w}")
+        lines += [
+            f"echo {line} >&2",
+            f'[ -z "${{OB_RUN:-}}" ] || echo {line} >> "$OB_RUN/boot.log"',
+        ]
     return "\n".join(lines) + "\n"
 
 

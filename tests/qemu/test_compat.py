@@ -74,11 +74,11 @@ def test_dracut_line_with_persistence_on_an_sd_card(
     ]  # fmt: skip
     line = ("root=live:CDLABEL=Fedora-WS-Live-40", "rd.live.image", "rd.live.check",
             "rd.live.overlay=LABEL=persist:/LiveOS/overlay", "rd.live.overlay.overlayfs",
-            "rd.live.overlay.reset", "rhgb", "quiet")  # fmt: skip
+            "rd.live.overlay.reset", "rd.writable.fsimg", "rhgb", "quiet")  # fmt: skip
     with booted(kernel, initramfs, drives, *line) as guest:
         vm = guest.vm
         vm.wait_for(
-            r"^WARNING: overlayboot: rd\.live\.overlay\.reset \(dracut\) is not supported: ",
+            r"^WARNING: overlayboot: rd\.writable\.fsimg \(dracut\) is not supported: ",
             timeout=1,
         )
         vm.wait_for(r"checking the medium: 1/1 LiveOS/squashfs.img", timeout=1)
@@ -88,6 +88,12 @@ def test_dracut_line_with_persistence_on_an_sd_card(
         upper = state(guest, "upperdir")
         assert upper.startswith("/run/overlayboot/rw/LiveOS/overlay/images/"), upper
         assert guest.sh(f"echo kept > /note && ls {upper}") == "note"
+        assert state(guest, "reset") == "yes"  # rd.live.overlay.reset (nothing saved yet)
+        # the boot's log in /var/log, with the WARNING line; overlayboot on the PATH
+        log = "/var/log/overlayboot/boot.log"
+        assert guest.sh(f"grep -c '^WARNING: overlayboot: rd.writable.fsimg' {log}") == "1"
+        assert guest.sh(f"grep -c 'overlayboot: switching to the live root' {log}") == "1"
+        assert guest.sh("overlayboot status | grep -c 'changes:'") == "1"
 
 
 @pytest.mark.slow
