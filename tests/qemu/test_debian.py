@@ -38,7 +38,7 @@ ExecStart=/bin/sh -c 'echo "OVERLAYBOOT-SYSTEMD: / is $(grep " / " /proc/mounts 
 tail -n1 | cut -d" " -f3)"; \
 echo "OVERLAYBOOT-SYSTEMD: daemon $(grep -l "^@overlayboot" /proc/[0-9]*/cmdline | wc -l)"; \
 echo "OVERLAYBOOT-SYSTEMD: previous $(cat /var/lib/overlayboot-test 2>/dev/null || echo none)"; \
-echo "OVERLAYBOOT-SYSTEMD: journal $(journalctl -b -t overlayboot | grep -c "switching to the live")"; \
+echo "OVERLAYBOOT-SYSTEMD: journal $(journalctl -b -t overlayboot | grep -c "switching to")"; \
 echo "OVERLAYBOOT-SYSTEMD: path $(command -v overlayboot)"; \
 echo "boot-$(cat /proc/sys/kernel/random/boot_id)" > /var/lib/overlayboot-test; sync; \
 systemctl --no-block poweroff'
