@@ -198,7 +198,6 @@ def _unsupported(instead: str) -> Handler:
     return handler
 
 
-
 RULES: dict[str, Rule] = {
     # live-boot (Debian live)
     "boot": Rule(LIVE_BOOT, "`boot=live`: accepted (the initramfs is a live boot)", _tool_only),
