@@ -62,6 +62,7 @@ class BootConfig:
     upper_reset: bool = False  # this image's saved changes are removed at boot
     toram: bool = False
     check: bool = False  # the medium against its SHA256SUMS (hooks/25-check.sh)
+    layers: tuple[str, ...] = ()  # more squashfs images over the image (hooks/28-layers.sh)
     overlay: str = "fuse"
     breaks: frozenset[str] = frozenset()
     debug: bool = False
@@ -206,6 +207,8 @@ def _overlayboot_param(
         return replace(cfg, toram=_flag(value, "overlayboot.toram"))
     if key == "check":
         return replace(cfg, check=_flag(value, "overlayboot.check"))
+    if key == "layers":
+        return replace(cfg, layers=_layers(_need(value, key)))
     if key == "overlay":
         v = _need(value, key)
         if v not in ("fuse", "kernel"):
@@ -227,6 +230,17 @@ def _overlayboot_param(
         return replace(cfg, onerror=v)
     warnings.append(f"unknown parameter overlayboot.{key} ignored")
     return cfg
+
+
+def _layers(value: str) -> tuple[str, ...]:
+    names = tuple(n for n in value.split(",") if n)
+    for name in names:
+        if any(c.isspace() for c in name) or ".." in name.split("/"):
+            raise CmdlineError(
+                f"overlayboot.layers={value!r}: bad image name {name!r}",
+                "give names (or /paths on the medium) of squashfs images, comma-separated",
+            )
+    return names
 
 
 def _upper_param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
@@ -291,6 +305,7 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_UPPER_RESET": "1" if cfg.upper_reset else "",
         "OB_TORAM": "1" if cfg.toram else "",
         "OB_CHECK": "1" if cfg.check else "",
+        "OB_LAYERS": " ".join(cfg.layers),
         "OB_OVERLAY": cfg.overlay,
         "OB_BREAK": " ".join(p for p in PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",

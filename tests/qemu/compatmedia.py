@@ -34,16 +34,42 @@ def build_root(base: Path) -> Root:
     return Root(sq, base)
 
 
-def iso_with(root: Root, name: str, image: str, label: str, *, bad_sum: bool = False) -> Path:
-    """An ISO9660 image holding the root at ``image`` and a SHA256SUMS listing it."""
+def iso_with(
+    root: Root,
+    name: str,
+    image: str,
+    label: str,
+    *,
+    bad_sum: bool = False,
+    extra: dict[str, Path] | None = None,
+) -> Path:
+    """An ISO9660 image holding the root at ``image`` (and ``extra`` files) and a
+    SHA256SUMS listing them."""
     tree = root.base / name
-    (tree / image).parent.mkdir(parents=True)
-    shutil.copy(root.squashfs, tree / image)
-    digest = hashlib.sha256((tree / image).read_bytes()).hexdigest()
-    if bad_sum:  # what a medium damaged in one place looks like to the check
-        digest = digest[:-1] + ("0" if digest[-1] != "0" else "1")
-    (tree / "SHA256SUMS").write_text(f"{digest}  {image}\n")
+    files = {image: root.squashfs, **(extra or {})}
+    sums = []
+    for rel, src in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, tree / rel)
+        digest = hashlib.sha256((tree / rel).read_bytes()).hexdigest()
+        if bad_sum and rel == image:  # what a medium damaged in one place looks like
+            digest = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+        sums.append(f"{digest}  {rel}\n")
+    (tree / "SHA256SUMS").write_text("".join(sums))
     return plain_iso(tree, root.base / f"{name}.iso", label=label)
+
+
+def layer(base: Path, files: dict[str, str]) -> Path:
+    """A squashfs layer holding ``files`` (path: text), to stack over the root."""
+    tree = base / "tree"
+    for rel, text in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    dest = base / "layer.squashfs"
+    subprocess.run(
+        ["mksquashfs", str(tree), str(dest), "-noappend", "-quiet", "-all-root"], check=True
+    )
+    return dest
 
 
 def exfat_disk(dest: Path, files: dict[str, Path], size_mib: int = 64) -> Path:

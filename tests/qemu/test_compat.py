@@ -16,7 +16,7 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
-from tests.qemu.compatmedia import Root, build_root, exfat_disk, iso_with
+from tests.qemu.compatmedia import Root, build_root, exfat_disk, iso_with, layer
 from tests.qemu.live import Guest, booted, failed_boot
 from tests.qemu.media import ext4_image
 
@@ -37,7 +37,12 @@ def state(guest: Guest, key: str) -> str:
 def test_live_boot_findiso_on_exfat_on_nvme(
     kernel: Kernel, initramfs: BuiltInitramfs, root: Root, tmp_path: Path
 ) -> None:
-    iso = iso_with(root, "debian", "live/filesystem.squashfs", "d-live")
+    # a layer over the image, named in /live/layers (phase layers)
+    top = layer(tmp_path / "layer", {"etc/release": "from the layer\n", "etc/extra": "extra\n"})
+    names = tmp_path / "layers"
+    names.write_text("# stacked over filesystem.squashfs\nextra.squashfs\n")
+    extra = {"live/extra.squashfs": top, "live/layers": names}
+    iso = iso_with(root, "debian", "live/filesystem.squashfs", "d-live", extra=extra)
     stick = exfat_disk(tmp_path / "nvme.img", {"isos/live.iso": iso})
     rw = ext4_image(tmp_path / "persistence.img", label="persistence")
     drives = [
@@ -49,14 +54,16 @@ def test_live_boot_findiso_on_exfat_on_nvme(
             "persistence", "quiet")  # fmt: skip
     with booted(kernel, initramfs, drives, *line) as guest:
         vm = guest.vm
-        vm.wait_for(r"checking the medium: 1/1 live/filesystem.squashfs", timeout=1)
-        vm.wait_for(r"medium check: 1 files, .* match SHA256SUMS", timeout=1)
+        vm.wait_for(r"checking the medium: 1/3 live/filesystem.squashfs", timeout=1)
+        vm.wait_for(r"medium check: 3 files, .* match SHA256SUMS", timeout=1)
         assert state(guest, "medium") == "/dev/nvme0n1p1", vm.log()
         assert state(guest, "findiso") == "/isos/live.iso"
         assert state(guest, "check") == "ok" and state(guest, "toram") == "yes"
         assert state(guest, "persistent") == "yes" and state(guest, "upper") == "/dev/vda"
         assert guest.sh("grep -c -E '^(exfat|nvme) ' /proc/modules") == "2"
-        assert guest.sh("cat /etc/release") == "from the lower layer"
+        assert guest.sh("cat /etc/release /etc/extra") == "from the layer extra"
+        assert guest.sh("cat /etc/hostname") != ""  # the image below the layer
+        assert state(guest, "layers") == "extra.squashfs"
         upper = state(guest, "upperdir")
         assert guest.sh(f"echo kept > /note && ls {upper}") == "note"
         assert "WARNING" not in vm.log()

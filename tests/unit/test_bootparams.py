@@ -236,3 +236,11 @@ def test_readme_table_lists_every_parameter() -> None:
     start = text.index("## Other live systems' boot parameters")
     rows = re.findall(r"^\| `([^`=]+)[^|]*\| ([a-z-]+) \|", text[start:], re.MULTILINE)
     assert {key: tool for key, tool in rows} == {k: r.tool for k, r in RULES.items()}
+
+
+def test_layers() -> None:
+    cfg = parse_cmdline("overlayboot.layers=extra.squashfs,/live/top.squashfs")
+    assert cfg.layers == ("extra.squashfs", "/live/top.squashfs")
+    assert "OB_LAYERS='extra.squashfs /live/top.squashfs'" in to_shell(cfg)
+    with pytest.raises(CmdlineError, match="bad image name"):
+        parse_cmdline("overlayboot.layers=../up.squashfs")
