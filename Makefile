@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
-	debootstrap exfatprogs exfat-fuse
+	debootstrap exfatprogs exfat-fuse cryptsetup-bin
 
 .PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
 

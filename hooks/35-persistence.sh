@@ -1,4 +1,4 @@
-# Phase "persistence": persistence in a file. An ext4 (or any) filesystem image in a file on
+# Phase "persistence": persistence in a file (and luks_open, which phase upper uses). An ext4 (or any) filesystem image in a file on
 # a partition of any filesystem the kernel mounts (FAT, exFAT, NTFS, ext4, ...) is mounted
 # at $OB_RUN/rw through a loop device, and phase upper uses it as it would a partition.
 #   overlayboot.upper=DEV:PATH   PATH on DEV is a file: that file (a directory: phase upper)
@@ -12,6 +12,27 @@
 # reports as the persistence), or OB_UPPER_KIND=label for name: with such a partition.
 OB_UPPER_MOUNTED=
 persist_host=$OB_RUN/host
+
+# args: DEV; a LUKS-encrypted DEV is opened with cryptsetup, which asks its passphrase on
+# the console (3 tries), as /dev/mapper/overlayboot-rw. Used by phase upper.
+# Out: LUKS_DEV, the device to use (DEV itself when it is not encrypted).
+luks_open() {
+    LUKS_DEV=$1
+    [ "$(head -c 6 "$1" 2> /dev/null | od -An -tx1 | tr -d ' \n')" = 4c554b53babe ] || return 0
+    [ -x "$OB_RUN/runtime/cryptsetup" ] ||
+        die "the persistence $1 is encrypted (LUKS), and this initramfs has no cryptsetup"
+    log "persistence: $1 is encrypted (LUKS): type its passphrase"
+    "$OB_RUN/runtime/cryptsetup" open --tries 3 "$1" overlayboot-rw ||
+        die "cannot open the encrypted persistence $1 (3 wrong passphrases?): reboot to try again, or boot with overlayboot.upper=tmpfs"
+    LUKS_DEV=/dev/mapper/overlayboot-rw
+    if [ ! -b "$LUKS_DEV" ]; then # no udev: the kernel's dm-N
+        for d in /sys/block/dm-*; do
+            [ "$(cat "$d/dm/name" 2> /dev/null)" = overlayboot-rw ] && LUKS_DEV=/dev/${d##*/}
+        done
+    fi
+    log "persistence: $1 opened as $LUKS_DEV"
+    state encrypted "$1"
+}
 
 # args: DEV; DEV mounted read-write at $persist_host (checked first if it is ext2/3/4)
 host_mount() {

@@ -22,6 +22,10 @@ else
     else
         upper_dev=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
             die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
+        if command -v luks_open > /dev/null; then # phase persistence: LUKS, opened
+            luks_open "$upper_dev"
+            upper_dev=$LUKS_DEV
+        fi
         fsck_upper "$upper_dev"
         mount -o rw,noatime "$upper_dev" "$rw" ||
             die "cannot mount the persistence partition $upper_dev read-write"

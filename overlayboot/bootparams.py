@@ -141,6 +141,11 @@ def _persistence(line: _Line, key: str, value: str | None) -> None:
         line.persistence_at = len(line.out)
 
 
+def _encryption(line: _Line, key: str, value: str | None) -> None:
+    if value not in ("none", "luks"):
+        line.warn(_word(key, value), LIVE_BOOT, "a persistence is plain or LUKS, recognised")
+
+
 def _live_media_path(line: _Line, key: str, value: str | None) -> None:
     line.live_path = _abs(value or "live")
 
@@ -212,11 +217,7 @@ RULES: dict[str, Rule] = {
     "persistence-label": Rule(LIVE_BOOT, "the label `persistence` looks for", _persistence),
     "nopersistence": Rule(LIVE_BOOT, "`overlayboot.upper=tmpfs`", _persistence),
     "persistence-read-only": Rule(LIVE_BOOT, "`overlayboot.upper.readonly`", _mode),
-    "persistence-encryption": Rule(
-        LIVE_BOOT,
-        "WARNING: not supported",
-        _unsupported("use an unencrypted persistence partition"),
-    ),
+    "persistence-encryption": Rule(LIVE_BOOT, "accepted: LUKS is recognised", _encryption),
     "persistence-path": Rule(
         LIVE_BOOT,
         "WARNING: not supported",
