@@ -13,17 +13,30 @@
 OB_UPPER_MOUNTED=
 persist_host=$OB_RUN/host
 
-# args: DEV; a LUKS-encrypted DEV is opened with cryptsetup, which asks its passphrase on
-# the console (3 tries), as /dev/mapper/overlayboot-rw. Used by phase upper.
+# args: DEV; a LUKS-encrypted DEV is opened with cryptsetup as /dev/mapper/overlayboot-rw,
+# with the passphrase asked on the console (3 tries). Used by phase upper.
 # Out: LUKS_DEV, the device to use (DEV itself when it is not encrypted).
 luks_open() {
     LUKS_DEV=$1
     [ "$(head -c 6 "$1" 2> /dev/null | od -An -tx1 | tr -d ' \n')" = 4c554b53babe ] || return 0
     [ -x "$OB_RUN/runtime/cryptsetup" ] ||
         die "the persistence $1 is encrypted (LUKS), and this initramfs has no cryptsetup"
-    log "persistence: $1 is encrypted (LUKS): type its passphrase"
-    "$OB_RUN/runtime/cryptsetup" open --tries 3 "$1" overlayboot-rw ||
-        die "cannot open the encrypted persistence $1 (3 wrong passphrases?): reboot to try again, or boot with overlayboot.upper=tmpfs"
+    try=1
+    while :; do
+        # the prompt is a whole line (the serial console shows it at once), typed unechoed
+        echo "overlayboot: passphrase of the encrypted persistence $1 (LUKS, try $try of 3):"
+        stty -echo 2> /dev/null
+        read -r pass
+        stty echo 2> /dev/null
+        if printf '%s' "$pass" | "$OB_RUN/runtime/cryptsetup" open --key-file=- "$1" overlayboot-rw; then
+            break
+        fi
+        [ "$try" -lt 3 ] ||
+            die "cannot open the encrypted persistence $1 (3 wrong passphrases): reboot to try again, or boot with overlayboot.upper=tmpfs"
+        log "persistence: wrong passphrase for $1"
+        try=$((try + 1))
+    done
+    pass=
     LUKS_DEV=/dev/mapper/overlayboot-rw
     if [ ! -b "$LUKS_DEV" ]; then # no udev: the kernel's dm-N
         for d in /sys/block/dm-*; do

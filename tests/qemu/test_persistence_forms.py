@@ -63,3 +63,52 @@ def test_a_persistence_file_by_name_by_path_read_only_and_reset(
     ) as guest:
         assert state(guest, "reset") == "yes", guest.vm.log()
         assert guest.sh("cat /note 2>&1 || echo absent").endswith("absent")
+
+
+def luks_partition(path: Path, passphrase: str) -> str:
+    """An ext4 persistence partition encrypted in place with LUKS2 (cryptsetup reencrypt
+    --encrypt works on a file, no device-mapper on the host); returns its LUKS UUID."""
+    subprocess.run(["truncate", "-s", "64M", str(path)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "secret", str(path), "48M"], check=True)
+    key = path.with_suffix(".key")
+    key.write_text(passphrase)
+    subprocess.run(
+        ["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "--reduce-device-size",
+         "16M", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file",
+         str(key), "-q", str(path)],
+        check=True,
+    )  # fmt: skip
+    return subprocess.run(
+        ["cryptsetup", "luksUUID", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_a_luks_persistence_asks_its_passphrase_on_the_console(
+    kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
+) -> None:
+    root = build_root(tmp_path / "root")
+    iso = iso_with(root, "live", "live/filesystem.squashfs", "OVERLAYBOOT")
+    crypt = tmp_path / "crypt.img"
+    uuid = luks_partition(crypt, "correct horse")
+    drives = [
+        "-drive", f"file={iso},media=cdrom,readonly=on,if=ide",
+        "-drive", f"file={crypt},format=raw,if=virtio",
+    ]  # fmt: skip
+    line = ("boot=live", f"overlayboot.upper=UUID={uuid}", "persistence-encryption=luks")
+    prompt = r"^overlayboot: passphrase of the encrypted persistence /dev/vda \(LUKS, try 1 of 3\):"
+    for n in (1, 2):
+        with booted(kernel, initramfs, drives, *line, until=prompt) as guest:
+            vm = guest.vm
+            if n == 1:  # a wrong one first: asked again
+                vm.send("wrong horse\n")
+                vm.wait_for(r"overlayboot: wrong passphrase for /dev/vda", timeout=60)
+                vm.wait_for(r"\(LUKS, try 2 of 3\):", timeout=60)
+            vm.send("correct horse\n")
+            vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
+            assert state(guest, "encrypted") == "/dev/vda", vm.log()
+            assert state(guest, "upper") in ("/dev/mapper/overlayboot-rw", "/dev/dm-0")
+            if n == 1:
+                assert guest.sh("echo sealed > /secret && cat /secret") == "sealed"
+            else:
+                assert guest.sh("cat /secret") == "sealed"
+    assert b"sealed" not in crypt.read_bytes()  # encrypted on the disk
