@@ -101,7 +101,7 @@ def test_a_luks_persistence_asks_its_passphrase_on_the_console(
             vm = guest.vm
             if n == 1:  # a wrong one first: asked again
                 vm.send("wrong horse\n")
-                vm.wait_for(r"overlayboot: wrong passphrase for /dev/vda", timeout=60)
+                vm.wait_for(r"overlayboot: persistence: wrong passphrase for /dev/vda", timeout=60)
                 vm.wait_for(r"\(LUKS, try 2 of 3\):", timeout=60)
             vm.send("correct horse\n")
             vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
