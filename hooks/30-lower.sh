@@ -3,6 +3,8 @@
 # The id is what mkimage put in the image (/.overlayboot/image-id: a digest of the root
 # tree); an image built otherwise has none, and its id is then the sha256 of the image file
 # (computed only when a persistence partition needs it: it reads the whole image).
+# With layers (phase layers, OB_LAYERS_LOWER and OB_LAYERS_ID), OB_LOWER has them on top
+# and the id covers them too; state lowers=.
 # In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
 # needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
 if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
@@ -59,6 +61,13 @@ elif [ "$OB_UPPER_KIND" != tmpfs ]; then
     OB_IMAGE_ID=$(sha256sum "$OB_IMAGE_FILE" | cut -c1-32)
     valid_id "$OB_IMAGE_ID" || die "cannot read the image $OB_IMAGE to compute its sha256"
     id_from="sha256 of the image file"
+fi
+if [ -n "$OB_LAYERS_LOWER" ]; then # the layers of phase layers, over the image
+    OB_LOWER=$OB_LAYERS_LOWER:$OB_LOWER
+    [ -z "$OB_IMAGE_ID" ] ||
+        OB_IMAGE_ID=$(echo "$OB_IMAGE_ID$OB_LAYERS_ID" | sha256sum | cut -c1-32)
+    id_from="${id_from:-the image}, with its layers"
+    state lowers "$OB_LOWER"
 fi
 if [ -n "$OB_IMAGE_ID" ]; then
     log "lower: $OB_IMAGE (image id $OB_IMAGE_ID, from $id_from)"

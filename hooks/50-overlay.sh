@@ -26,7 +26,9 @@ else
     daemon_root || die "cannot prepare $OB_RUN for the overlay daemon"
     debug_flag=
     [ -n "$OB_DEBUG" ] && debug_flag=--debug
-    set -- mount --root $debug_flag --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
+    # every lower as the chrooted daemon sees it (several with overlayboot.upper.readonly)
+    lowers=$(echo "$OB_LOWER" | sed "s|$OB_RUN/|/|g")
+    set -- mount --root $debug_flag --lower "$lowers" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
         --work "${OB_WORKDIR#"$OB_RUN"}" --log /daemon.log /root
     if [ -n "${OB_STANDBY_PID:-}" ] && kill -0 "$OB_STANDBY_PID" 2>/dev/null; then
         # the process phase standby started: its arguments, one per line, written whole

@@ -179,7 +179,9 @@ seal_if_asked() {
     grep -qx persistent=yes "$OB_RUN/state" || return 0
     upperdir=$(sed -n 's/^upperdir=//p' "$OB_RUN/state" | tail -n 1)
     say "sealing the partial copy-ups in $upperdir (seal-at-shutdown)"
-    timeout 60 "$OB_RUN/runtime/overlayboot" upper seal --lower "$OB_RUN/lower" \
+    # several lowers with layers (phase layers: lowers= in the state file, boot-time paths)
+    lowers=$(sed -n 's/^lowers=//p' "$OB_RUN/state" | tail -n 1 | sed "s|/run/overlayboot|$OB_RUN|g")
+    timeout 60 "$OB_RUN/runtime/overlayboot" upper seal --lower "${lowers:-$OB_RUN/lower}" \
         "${OB_RUN%/run/overlayboot}$upperdir" || fail "sealing the partial copy-ups in $upperdir failed"
 }
 

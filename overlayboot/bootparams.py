@@ -141,6 +141,11 @@ def _persistence(line: _Line, key: str, value: str | None) -> None:
         line.persistence_at = len(line.out)
 
 
+def _encryption(line: _Line, key: str, value: str | None) -> None:
+    if value not in ("none", "luks"):
+        line.warn(_word(key, value), LIVE_BOOT, "a persistence is plain or LUKS, recognised")
+
+
 def _live_media_path(line: _Line, key: str, value: str | None) -> None:
     line.live_path = _abs(value or "live")
 
@@ -183,6 +188,10 @@ def _dracut_image(line: _Line, key: str, value: str | None) -> None:
         line.dracut_img = value
 
 
+def _mode(line: _Line, key: str, value: str | None) -> None:
+    line.emit("upper.reset" if key.endswith("reset") else "upper.readonly", "1")
+
+
 def _debug(line: _Line, key: str, value: str | None) -> None:
     line.emit("debug", "1" if _yes(value) else "0")
 
@@ -194,9 +203,6 @@ def _unsupported(instead: str) -> Handler:
     return handler
 
 
-_NO_RO = "changes are written; overlayboot.upper=tmpfs keeps them in RAM only"
-_NO_RESET = "remove the image's directory under images/ (overlayboot persistence prune)"
-
 RULES: dict[str, Rule] = {
     # live-boot (Debian live)
     "boot": Rule(LIVE_BOOT, "`boot=live`: accepted (the initramfs is a live boot)", _tool_only),
@@ -206,18 +212,12 @@ RULES: dict[str, Rule] = {
     "bootfrom": Rule(LIVE_BOOT, "`overlayboot.medium=`", _medium),
     "live-media-path": Rule(LIVE_BOOT, "the image is `DIR/filesystem.squashfs`", _live_media_path),
     "persistence": Rule(
-        LIVE_BOOT, "`overlayboot.upper=LABEL=persistence` (or `persistence-label`)", _persistence
+        LIVE_BOOT, "`overlayboot.upper=name:persistence` (or `persistence-label`)", _persistence
     ),
     "persistence-label": Rule(LIVE_BOOT, "the label `persistence` looks for", _persistence),
     "nopersistence": Rule(LIVE_BOOT, "`overlayboot.upper=tmpfs`", _persistence),
-    "persistence-read-only": Rule(
-        LIVE_BOOT, f"WARNING: not supported ({_NO_RO})", _unsupported(_NO_RO)
-    ),
-    "persistence-encryption": Rule(
-        LIVE_BOOT,
-        "WARNING: not supported",
-        _unsupported("use an unencrypted persistence partition"),
-    ),
+    "persistence-read-only": Rule(LIVE_BOOT, "`overlayboot.upper.readonly`", _mode),
+    "persistence-encryption": Rule(LIVE_BOOT, "accepted: LUKS is recognised", _encryption),
     "persistence-path": Rule(
         LIVE_BOOT,
         "WARNING: not supported",
@@ -253,10 +253,8 @@ RULES: dict[str, Rule] = {
     "rd.live.overlay": Rule(DRACUT, "`overlayboot.upper=DEV[:DIR]` (`none`: tmpfs)", _upper_device),
     "rd.live.overlay.size": Rule(DRACUT, "`overlayboot.upper.size=` (MiB)", _upper_size),
     "rd.live.overlay.overlayfs": Rule(DRACUT, "accepted (always an overlay)", _tool_only),
-    "rd.live.overlay.readonly": Rule(
-        DRACUT, f"WARNING: not supported ({_NO_RO})", _unsupported(_NO_RO)
-    ),
-    "rd.live.overlay.reset": Rule(DRACUT, "WARNING: not supported", _unsupported(_NO_RESET)),
+    "rd.live.overlay.readonly": Rule(DRACUT, "`overlayboot.upper.readonly`", _mode),
+    "rd.live.overlay.reset": Rule(DRACUT, "`overlayboot.upper.reset`", _mode),
     "rd.live.check": Rule(
         DRACUT, "`overlayboot.check` (SHA256SUMS, not the implanted MD5)", _check
     ),
@@ -312,7 +310,7 @@ def translate(params: Iterable[Param]) -> Translated:
         rule.handler(line, key, value)
     if line.persistence_at is not None:
         at = line.persistence_at
-        line.out.insert(at, ("overlayboot.upper", f"LABEL={line.persistence_label}"))
+        line.out.insert(at, ("overlayboot.upper", f"name:{line.persistence_label}"))
         line.origins.insert(at, "persistence")
     first = _defaults(line)
     if any(k in _IMAGE_PARAMS for k, _ in line.out):

@@ -46,7 +46,7 @@ class CmdlineError(UsageError):
 class DeviceSpec:
     """How to find a block device: by filesystem label, UUID, partition label or path."""
 
-    kind: str  # "label", "uuid", "partlabel", "path"
+    kind: str  # "label", "uuid", "partlabel", "path"; "name" (overlayboot.upper=name:)
     value: str
 
     def __str__(self) -> str:
@@ -63,8 +63,11 @@ class BootConfig:
     upper: DeviceSpec | None = None  # None: a tmpfs
     upper_dir: str = ""  # a directory on the persistence device
     upper_size: str = "50%"
+    upper_readonly: bool = False  # the saved changes are shown, new ones kept in RAM
+    upper_reset: bool = False  # this image's saved changes are removed at boot
     toram: bool = False
     check: bool = False  # the medium against its SHA256SUMS (hooks/25-check.sh)
+    layers: tuple[str, ...] = ()  # more squashfs images over the image (hooks/28-layers.sh)
     overlay: str = "fuse"
     breaks: frozenset[str] = frozenset()
     debug: bool = False
@@ -209,18 +212,14 @@ def _overlayboot_param(
     if key == "findiso":
         v = _need(value, key)
         return replace(cfg, findiso=v if v.startswith("/") else "/" + v)
-    if key == "upper":
-        v = _need(value, key)
-        if v == "tmpfs":
-            return replace(cfg, upper=None, upper_dir="")
-        dev, _, path = v.partition(":")
-        return replace(cfg, upper=parse_device(dev, "overlayboot.upper"), upper_dir=path.strip("/"))
-    if key == "upper.size":
-        return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
+    if key.startswith("upper"):
+        return _upper_param(cfg, key, value, warnings)
     if key == "toram":
         return replace(cfg, toram=_flag(value, "overlayboot.toram"))
     if key == "check":
         return replace(cfg, check=_flag(value, "overlayboot.check"))
+    if key == "layers":
+        return replace(cfg, layers=_layers(_need(value, key)))
     if key == "overlay":
         v = _need(value, key)
         if v not in ("fuse", "kernel", "block"):
@@ -240,6 +239,38 @@ def _overlayboot_param(
         if v not in ("shell", "poweroff", "reboot"):
             raise CmdlineError(f"overlayboot.onerror={v!r}", "use shell, poweroff or reboot")
         return replace(cfg, onerror=v)
+    warnings.append(f"unknown parameter overlayboot.{key} ignored")
+    return cfg
+
+
+def _layers(value: str) -> tuple[str, ...]:
+    names = tuple(n for n in value.split(",") if n)
+    for name in names:
+        if any(c.isspace() for c in name) or ".." in name.split("/"):
+            raise CmdlineError(
+                f"overlayboot.layers={value!r}: bad image name {name!r}",
+                "give names (or /paths on the medium) of squashfs images, comma-separated",
+            )
+    return names
+
+
+def _upper_param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
+    """overlayboot.upper=, .upper.size=, .upper.readonly, .upper.reset (see the README)."""
+    if key == "upper":
+        v = _need(value, key)
+        if v == "tmpfs":
+            return replace(cfg, upper=None, upper_dir="")
+        if v.startswith("name:") and len(v) > 5 and "/" not in v[5:]:
+            # a partition labelled NAME, else a file /NAME on any partition (live-boot's rule)
+            return replace(cfg, upper=DeviceSpec("name", v[5:]), upper_dir="")
+        dev, _, path = v.partition(":")
+        return replace(cfg, upper=parse_device(dev, "overlayboot.upper"), upper_dir=path.strip("/"))
+    if key == "upper.size":
+        return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
+    if key == "upper.readonly":
+        return replace(cfg, upper_readonly=_flag(value, "overlayboot.upper.readonly"))
+    if key == "upper.reset":
+        return replace(cfg, upper_reset=_flag(value, "overlayboot.upper.reset"))
     warnings.append(f"unknown parameter overlayboot.{key} ignored")
     return cfg
 
@@ -281,8 +312,11 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_UPPER": cfg.upper.value if cfg.upper else "",
         "OB_UPPER_DIR": cfg.upper_dir,
         "OB_UPPER_SIZE": cfg.upper_size,
+        "OB_UPPER_READONLY": "1" if cfg.upper_readonly else "",
+        "OB_UPPER_RESET": "1" if cfg.upper_reset else "",
         "OB_TORAM": "1" if cfg.toram else "",
         "OB_CHECK": "1" if cfg.check else "",
+        "OB_LAYERS": " ".join(cfg.layers),
         "OB_OVERLAY": cfg.overlay,
         "OB_BREAK": " ".join(p for p in PHASES + NET_PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",
@@ -292,7 +326,12 @@ def to_shell(cfg: BootConfig) -> str:
         **shell_values(cfg.net),
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
-    lines += [f"echo {shlex.quote('WARNING: overlayboot: ' + w)} >&2" for w in cfg.warnings]
+    for w in cfg.warnings:  # on the console, and in the boot log (hooks/lib.sh)
+        line = shlex.quote(f"WARNING: overlayboot: {w}")
+        lines += [
+            f"echo {line} >&2",
+            f'[ -z "${{OB_RUN:-}}" ] || echo {line} >> "$OB_RUN/boot.log"',
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,7 @@ def test_live_boot_typical_line() -> None:
         medium=None,  # findiso with no medium named: every disk is searched
         findiso="/isos/debian-live.iso",
         toram=True,
-        upper=DeviceSpec("label", "mine"),
+        upper=DeviceSpec("name", "mine"),  # a partition labelled mine, else a file /mine
         check=True,
     )
     assert cfg.image == DEFAULT_IMAGE
@@ -46,7 +46,7 @@ def test_live_boot_medium_and_path() -> None:
     assert cfg.medium == DeviceSpec("path", "/dev/sdb1") and cfg.findiso == "/x.iso"
     assert cfg.image == "/custom/filesystem.squashfs"
     assert parse_cmdline("boot=live live-media=removable").medium is None
-    assert parse_cmdline("boot=live persistence").upper == DeviceSpec("label", "persistence")
+    assert parse_cmdline("boot=live persistence").upper == DeviceSpec("name", "persistence")
     assert parse_cmdline("boot=live persistence nopersistence").upper is None
 
 
@@ -163,14 +163,15 @@ SAMPLES: dict[str, str] = {
     "rd.live.overlay": "rd.live.overlay=LABEL=persist",
     "rd.live.overlay.size": "rd.live.overlay.size=512",
     "rd.live.overlay.overlayfs": "rd.live.overlay.overlayfs",
-    "rd.live.overlay.readonly": "rd.live.image rd.live.overlay.readonly",
-    "rd.live.overlay.reset": "rd.live.image rd.live.overlay.reset",
+    "rd.live.overlay.readonly": "rd.live.overlay=LABEL=p rd.live.overlay.readonly",
+    "rd.live.overlay.reset": "rd.live.overlay=LABEL=p rd.live.overlay.reset",
     "rd.live.check": "rd.live.check",
     "rd.live.debug": "rd.live.debug",
     "iso-scan/filename": "iso-scan/filename=/f.iso",
     "rd.writable.fsimg": "rd.live.image rd.writable.fsimg",
 }
-ACCEPTED_AS_IS = {"boot"}  # means "a live boot": what overlayboot does anyway
+# "a live boot", "a LUKS persistence": what overlayboot does anyway
+ACCEPTED_AS_IS = {"boot", "persistence-encryption"}
 
 
 def test_every_parameter_has_a_sample() -> None:
@@ -211,12 +212,24 @@ def test_errors_name_the_parameter_as_typed() -> None:
 
 
 def test_warning_reaches_the_console_as_one_line() -> None:
-    script = to_shell(parse_cmdline("boot=live persistence persistence-read-only"))
+    script = to_shell(parse_cmdline("boot=live persistence persistence-encryption=plain"))
     out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
     assert out.stderr.splitlines() == [
-        "WARNING: overlayboot: persistence-read-only (live-boot) is not supported: changes "
-        "are written; overlayboot.upper=tmpfs keeps them in RAM only"
+        "WARNING: overlayboot: persistence-encryption=plain (live-boot) is not supported: "
+        "a persistence is plain or LUKS, recognised"
     ]
+
+
+def test_persistence_modes() -> None:
+    cfg = parse_cmdline("boot=live persistence persistence-read-only")
+    assert cfg.upper == DeviceSpec("name", "persistence") and cfg.upper_readonly
+    cfg = parse_cmdline("rd.live.overlay=/dev/sda1:/LiveOS/overlay.img rd.live.overlay.reset")
+    assert cfg.upper == DeviceSpec("path", "/dev/sda1") and cfg.upper_reset
+    assert cfg.upper_dir == "LiveOS/overlay.img"  # a file there is mounted (phase persistence)
+    cfg = parse_cmdline("overlayboot.upper=name:mine overlayboot.upper.readonly=0")
+    assert cfg.upper == DeviceSpec("name", "mine") and not cfg.upper_readonly
+    with pytest.raises(CmdlineError):
+        parse_cmdline("overlayboot.upper=name:a/b")
 
 
 def test_readme_table_lists_every_parameter() -> None:
@@ -224,3 +237,11 @@ def test_readme_table_lists_every_parameter() -> None:
     start = text.index("## Other live systems' boot parameters")
     rows = re.findall(r"^\| `([^`=]+)[^|]*\| ([a-z-]+) \|", text[start:], re.MULTILINE)
     assert {key: tool for key, tool in rows} == {k: r.tool for k, r in RULES.items()}
+
+
+def test_layers() -> None:
+    cfg = parse_cmdline("overlayboot.layers=extra.squashfs,/live/top.squashfs")
+    assert cfg.layers == ("extra.squashfs", "/live/top.squashfs")
+    assert "OB_LAYERS='extra.squashfs /live/top.squashfs'" in to_shell(cfg)
+    with pytest.raises(CmdlineError, match="bad image name"):
+        parse_cmdline("overlayboot.layers=../up.squashfs")
