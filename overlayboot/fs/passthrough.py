@@ -15,9 +15,11 @@ write). A partial copy-up is served by the daemon (its chunks live in two files)
 What an fd opened on the lower before a copy-up reads afterwards follows from the
 second rule: see ``files.OpenFiles.open``.
 
-A binding outlives the last release of its inode (up to ``MAX_IDLE`` of them, the least
-recently used dropped first, and until the kernel forgets the inode): the next open of
-a file read again reuses its backing id, with no open(2) or ioctl in the daemon.
+A binding outlives the last release of its inode, until the kernel forgets the inode
+(its inode cache bounds them; ``MAX_IDLE`` is a safety cap, least recently used first):
+the next open of a file read again reuses its backing id, with no open(2) or ioctl in
+the daemon. Dropped ids are closed in batches between requests (``close_pending``): a
+``drop_caches`` forgets tens of thousands of inodes at once.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,8 +37,9 @@ log = logging.getLogger(__name__)
 # by its filesystem): that file is served by the daemon
 _REFUSED = (errno.EINVAL, errno.ELOOP, errno.EOPNOTSUPP, errno.EBADF)
 
-MAX_IDLE = 16384
+MAX_IDLE = 1 << 20
 """Bindings kept with no file open (each holds an open file in the kernel, ~300 bytes)."""
+CLOSE_BATCH = 64  # backing ids closed in one go by close_pending
 
 
 class Kernel(Protocol):
@@ -65,6 +69,10 @@ class Bindings:
         self.by_ino: dict[int, InodeIo] = {}
         self.idle: OrderedDict[int, None] = OrderedDict()  # no file open, oldest first
         self.max_idle = max_idle
+        self.closing: list[int] = []  # dropped backing ids not closed yet
+        # called when ids are waiting to be closed (the daemon's closer task); without
+        # it they are closed at once
+        self.wake: Callable[[], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -121,10 +129,23 @@ class Bindings:
         del self.by_ino[ino]
         self.idle.pop(ino, None)
         if io.backing_id and self.kernel is not None:
+            self.closing.append(io.backing_id)
+            if self.wake is None:
+                self.close_pending(len(self.closing))
+            elif len(self.closing) == 1:
+                self.wake()
+
+    def close_pending(self, limit: int = CLOSE_BATCH) -> int:
+        """Close up to ``limit`` dropped backing ids; how many are left."""
+        batch, self.closing = self.closing[:limit], self.closing[limit:]
+        for backing_id in batch:
+            if self.kernel is None:
+                break
             try:
-                self.kernel.close_backing(io.backing_id)
+                self.kernel.close_backing(backing_id)
             except OSError as exc:
-                log.error("closing backing id %d: %s", io.backing_id, exc)
+                log.error("closing backing id %d: %s", backing_id, exc)
+        return len(self.closing)
 
     def _register(self, fd: int) -> int:
         if self.kernel is None:

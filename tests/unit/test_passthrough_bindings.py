@@ -103,3 +103,18 @@ def test_a_refused_file_stays_with_the_daemon(err: int, stays_on: bool) -> None:
     b.kernel = Ids(fail=err)
     assert b.attach(7, 3, upper=False, whole=True) == 0
     assert b.enabled == stays_on  # EPERM (not root): no file will do
+
+
+def test_dropped_ids_wait_for_the_closer_when_there_is_one() -> None:
+    b, ids = Bindings(), Ids()
+    b.kernel = ids
+    woken: list[int] = []
+    b.wake = lambda: woken.append(len(b.closing))
+    for ino in range(1, 101):
+        b.attach(ino, ino, upper=False, whole=True)
+        b.detach(ino)
+        b.drop(ino)
+    assert ids.closed == [] and woken == [1]  # woken once, when the first one came
+    assert b.close_pending() == 100 - 64
+    assert b.close_pending() == 0
+    assert sorted(ids.closed) == list(range(1, 101))
