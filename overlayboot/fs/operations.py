@@ -113,14 +113,29 @@ class OverlayOperations(pyfuse3.Operations):
         self.timeout = overlay.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+        self._closer_wanted = trio.Event()  # backing ids wait to be closed
         # asked for at INIT (pyfuse3 reads it there); the kernel may still say no
         self.enable_passthrough = PASSTHROUGH and overlay.cfg.passthrough
 
     def init(self) -> None:
         if self.enable_passthrough and pyfuse3.passthrough_enabled():
             self.files.bindings.kernel = _KernelBacking()
+            self.files.bindings.wake = self._wake_closer
         log.info("FUSE passthrough %s", "on" if self.files.bindings.enabled else "off")
         self.initialized.set()
+
+    def _wake_closer(self) -> None:
+        self._closer_wanted.set()
+
+    async def close_backings(self) -> None:
+        """Close dropped backing ids in batches, between requests (``passthrough``):
+        runs for the daemon's life."""
+        bindings = self.files.bindings
+        while True:
+            await self._closer_wanted.wait()
+            self._closer_wanted = trio.Event()
+            while bindings.close_pending():
+                await trio.sleep(0)
 
     @property
     def passthrough(self) -> bool:

@@ -15,11 +15,13 @@ write). A partial copy-up is served by the daemon (its chunks live in two files)
 What an fd opened on the lower before a copy-up reads afterwards follows from the
 second rule: see ``files.OpenFiles.open``.
 
-A lower file's binding outlives the last release of its inode (up to ``MAX_IDLE`` of
-them, the least recently used dropped first, and until the kernel forgets the inode):
+A binding outlives the last release of its inode, until the kernel forgets the inode
+(its inode cache bounds them; ``MAX_IDLE`` is a safety cap, least recently used first):
 the next open of a file read again reuses its backing id, with no open(2) or ioctl in
-the daemon. An upper file's binding goes with its last release: the upper file may be
-unlinked, and an open backing file would keep its blocks.
+the daemon. Dropped ids are closed in batches between requests (``close_pending``): a
+``drop_caches`` forgets tens of thousands of inodes at once. An upper file's binding goes
+with its last release, closed at once: the upper file may be unlinked, and an open
+backing file would keep its blocks.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,8 +39,9 @@ log = logging.getLogger(__name__)
 # by its filesystem): that file is served by the daemon
 _REFUSED = (errno.EINVAL, errno.ELOOP, errno.EOPNOTSUPP, errno.EBADF)
 
-MAX_IDLE = 16384
+MAX_IDLE = 1 << 20
 """Bindings kept with no file open (each holds an open file in the kernel, ~300 bytes)."""
+CLOSE_BATCH = 64  # backing ids closed in one go by close_pending
 
 
 class Kernel(Protocol):
@@ -67,6 +71,10 @@ class Bindings:
         self.by_ino: dict[int, InodeIo] = {}
         self.idle: OrderedDict[int, None] = OrderedDict()  # no file open, oldest first
         self.max_idle = max_idle
+        self.closing: list[int] = []  # dropped backing ids not closed yet
+        # called when ids are waiting to be closed (the daemon's closer task); without
+        # it they are closed at once
+        self.wake: Callable[[], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -113,25 +121,47 @@ class Bindings:
             return
         if io.upper:
             # an upper file may be unlinked: its backing file, open in the kernel, would
-            # keep its blocks (a full tmpfs upper stays full after rm)
-            self.drop(ino)
+            # keep its blocks (a full tmpfs upper stayed full after rm): closed now
+            self.drop(ino, now=True)
             return
         self.idle[ino] = None
         while len(self.idle) > self.max_idle:
             self.drop(next(iter(self.idle)))
 
-    def drop(self, ino: int) -> None:
-        """Forget the binding of ``ino`` (no file of it open), freeing its backing id."""
+    def drop(self, ino: int, *, now: bool = False) -> None:
+        """Forget the binding of ``ino`` (no file of it open), freeing its backing id
+        (``now``: at once, else in the next batch)."""
         io = self.by_ino.get(ino)
         if io is None or io.users > 0:
             return
         del self.by_ino[ino]
         self.idle.pop(ino, None)
         if io.backing_id and self.kernel is not None:
-            try:
-                self.kernel.close_backing(io.backing_id)
-            except OSError as exc:
-                log.error("closing backing id %d: %s", io.backing_id, exc)
+            self.closing.append(io.backing_id)
+            if now:
+                self.closing.pop()
+                self._close(io.backing_id)
+            elif self.wake is None:
+                self.close_pending(len(self.closing))
+            elif len(self.closing) == 1:
+                self.wake()
+
+    def close_pending(self, limit: int = CLOSE_BATCH) -> int:
+        """Close up to ``limit`` dropped backing ids; how many are left."""
+        batch, self.closing = self.closing[:limit], self.closing[limit:]
+        for backing_id in batch:
+            if self.kernel is None:
+                break
+            self._close(backing_id)
+        return len(self.closing)
+
+    def _close(self, backing_id: int) -> None:
+        if self.kernel is None:
+            return
+        try:
+            self.kernel.close_backing(backing_id)
+        except OSError as exc:
+            log.error("closing backing id %d: %s", backing_id, exc)
 
     def _register(self, fd: int) -> int:
         if self.kernel is None:

@@ -106,12 +106,29 @@ def test_a_refused_file_stays_with_the_daemon(err: int, stays_on: bool) -> None:
 
 
 def test_an_upper_binding_goes_with_its_last_file() -> None:
-    """An upper file may be unlinked: its backing file must not outlive its last close."""
+    """An upper file may be unlinked: its backing file must not outlive its last close,
+    even with a batch closer."""
     b, ids = Bindings(), Ids()
     b.kernel = ids
+    b.wake = lambda: None
     got = b.attach(5, 3, upper=True, whole=True)
     b.attach(5, -1, upper=True, whole=True)
     b.detach(5)
     assert ids.closed == []
     b.detach(5)
     assert ids.closed == [got] and b.by_ino == {}
+
+
+def test_dropped_ids_wait_for_the_closer_when_there_is_one() -> None:
+    b, ids = Bindings(), Ids()
+    b.kernel = ids
+    woken: list[int] = []
+    b.wake = lambda: woken.append(len(b.closing))
+    for ino in range(1, 101):
+        b.attach(ino, ino, upper=False, whole=True)
+        b.detach(ino)
+        b.drop(ino)
+    assert ids.closed == [] and woken == [1]  # woken once, when the first one came
+    assert b.close_pending() == 100 - 64
+    assert b.close_pending() == 0
+    assert sorted(ids.closed) == list(range(1, 101))
