@@ -32,7 +32,8 @@ $(VENV)/.apt-stamp:
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(VENV)/.pip-stamp
-$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/build.sh \
+$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/tmpfile.patch \
+		third_party/pyfuse3/build.sh \
 		third_party/libfuse/build.sh $(VENV)/.apt-stamp
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip

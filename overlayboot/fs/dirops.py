@@ -11,6 +11,7 @@ merged parent get ``overlay.opaque``.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from overlayboot.fs import longpath, sysio
 from overlayboot.fs.copyup import child, copy_up, remove_tmp, require_child
 from overlayboot.fs.core import Overlay
-from overlayboot.fs.inodes import Node
+from overlayboot.fs.inodes import TAG_UPPER, Node, make_ino
 from overlayboot.fs.lookup import lower_positive, upper_entry
 from overlayboot.fs.readdir import upper_whiteouts
 from overlayboot.fs.whiteout import (
@@ -151,14 +152,43 @@ def file_builder(opened: list[int]) -> Builder:
     return build
 
 
-async def link(overlay: Overlay, node: Node, parent: Node, name: bytes) -> None:
+async def tmpfile(
+    overlay: Overlay, parent: Node, mode: int, flags: int, owner: tuple[int, int]
+) -> tuple[Node, int]:
+    """An unnamed regular file in ``parent`` (``open(2)`` with ``O_TMPFILE``), made in
+    the upper directory as kernel overlayfs makes it, open read-write: (its node, the
+    fd). ``O_EXCL`` keeps it from ever being linked. Caller holds the lock."""
+    await copy_up(overlay, parent)
+    uid, gid, mode = new_owner(overlay, parent, owner[0], owner[1], stat.S_IFREG | mode)
+    extra = os.O_EXCL if flags & os.O_EXCL else 0
+    fd = longpath.open(overlay.upper_path(parent), os.O_TMPFILE | os.O_RDWR | extra, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, stat.S_IMODE(mode))
+        node = overlay.table.unnamed(make_ino(TAG_UPPER, os.fstat(fd).st_ino))
+        node.upper = True
+    except BaseException:
+        os.close(fd)
+        raise
+    return node, fd
+
+
+async def link(
+    overlay: Overlay, node: Node, parent: Node, name: bytes, open_fd: int | None = None
+) -> None:
+    """A new name for ``node``; one with no name yet (an ``O_TMPFILE`` file) is linked
+    from ``open_fd``, a file of it open on the upper."""
     if node.is_dir:
         raise OSError(errno.EPERM, "hard link to a directory")
     await copy_up(overlay, node)
-    src = overlay.upper_path(node)
-
-    def make(tmp: bytes) -> None:
-        longpath.link(src, tmp)
+    make: Callable[[bytes], None]
+    if node.path() is not None:
+        src = overlay.upper_path(node)
+        make = functools.partial(longpath.link, src)
+    elif open_fd is not None:
+        make = functools.partial(sysio.link_open_file, open_fd)
+    else:
+        raise OSError(errno.ENOENT, "no name and not open")
 
     await install(overlay, parent, name, make, is_dir=False)
     overlay.table.add_name(node, parent, name)

@@ -368,14 +368,27 @@ class OverlayOperations(pyfuse3.Operations):
         return file_info(fh, self.files.backing_id(fh)), self._lookup_ref(node)
 
     @guarded
+    async def tmpfile(
+        self, parent_inode: int, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """``open(2)`` with ``O_TMPFILE`` (pyfuse3's patch, libfuse 3.15+)."""
+        overlay = self.overlay
+        parent = overlay.node(parent_inode)
+        async with overlay.lock:
+            node, fd = await dirops.tmpfile(overlay, parent, mode, flags, (ctx.uid, ctx.gid))
+        fh = self.files.adopt_created(node, fd)
+        return file_info(fh, self.files.backing_id(fh)), self._lookup_ref(node)
+
+    @guarded
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         overlay = self.overlay
         node = overlay.node(inode)
         parent = overlay.node(new_parent_inode)
+        handle = self.files.of_node(node, upper=True)  # an O_TMPFILE file has only this
         async with overlay.lock:
-            await dirops.link(overlay, node, parent, new_name)
+            await dirops.link(overlay, node, parent, new_name, handle.fd if handle else None)
             return self._lookup_ref(node)
 
     # ------------------------------------------------------------ removing and renaming

@@ -1,4 +1,5 @@
-"""System calls the Python standard library lacks: renameat2, a d_type probe, hole punching."""
+"""System calls the Python standard library lacks: renameat2, linkat of an open file, a
+d_type probe, hole punching."""
 
 from __future__ import annotations
 
@@ -28,6 +29,27 @@ def renameat2(
     if _renameat2(old_dir, old, new_dir, new, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old, None, new)
+
+
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
+_linkat = _libc.linkat
+_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_linkat.restype = ctypes.c_int
+
+
+def link_open_file(fd: int, new: bytes) -> None:
+    """Give the file open on ``fd`` the name ``new`` (an ``O_TMPFILE`` file): linkat(2)
+    with ``AT_EMPTY_PATH`` (CAP_DAC_READ_SEARCH), else through ``/proc/self/fd``."""
+    if _linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.ENOENT and os.path.isdir("/proc/self/fd"):
+        proc = b"/proc/self/fd/%d" % fd
+        if _linkat(AT_FDCWD, proc, AT_FDCWD, new, AT_SYMLINK_FOLLOW) == 0:
+            return
+        err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), None, None, new)
 
 
 class _Dirent64(ctypes.Structure):

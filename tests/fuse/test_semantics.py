@@ -627,3 +627,49 @@ def test_lower_hard_link_under_a_renamed_dir(ovl: Ovl) -> None:
     assert read(ovl.m("hl_a")) == "hardlinked\nchanged\n"
     a, b = os.lstat(ovl.m("hl_a")), os.lstat(ovl.m("dir2/hl_b"))
     assert a.st_ino == b.st_ino and a.st_nlink == b.st_nlink == 2
+
+
+# -- O_TMPFILE -----------------------------------------------------------------------
+
+
+def _link_open_file(fd: int, path: str) -> None:
+    """linkat(2) of /proc/self/fd/FD with AT_SYMLINK_FOLLOW, as ``man 2 open`` shows for
+    O_TMPFILE (os.link takes linkat only when given a directory fd)."""
+    procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(str(fd), path, src_dir_fd=procfd, follow_symlinks=True)
+    finally:
+        os.close(procfd)
+
+
+@BOTH
+def test_o_tmpfile_has_no_name_until_linked(ovl: Ovl) -> None:
+    """``open(dir, O_TMPFILE)`` in a lower directory: no name, nlink 0, readable and
+    writable; ``linkat`` names it (through the mount and after a remount); with
+    ``O_EXCL`` it can never be linked. Kernel overlayfs does all of this."""
+    fd = os.open(ovl.m("dir"), os.O_TMPFILE | os.O_RDWR, 0o640)
+    try:
+        os.write(fd, b"anonymous\n")
+        st = os.fstat(fd)
+        assert (st.st_nlink, stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)) == (
+            0,
+            stat.S_IFREG,
+            0o640,
+        )
+        assert sorted(os.listdir(ovl.m("dir"))) == ["a1.txt", "a2.txt", "common", "hl_b", "sub"]
+        _link_open_file(fd, ovl.m("dir/named"))
+        assert os.fstat(fd).st_nlink == 1
+        assert os.pread(fd, 100, 0) == b"anonymous\n"
+    finally:
+        os.close(fd)
+    with open(ovl.m("dir/named"), "rb") as f:
+        assert f.read() == b"anonymous\n"
+    fd = os.open(ovl.m("dir"), os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+    try:
+        assert errno_of(lambda: _link_open_file(fd, ovl.m("dir/never"))) == errno.ENOENT
+    finally:
+        os.close(fd)
+    ovl.remount()
+    with open(ovl.m("dir/named"), "rb") as f:
+        assert f.read() == b"anonymous\n"
+    assert "never" not in os.listdir(ovl.m("dir"))
