@@ -179,6 +179,7 @@ def _upper_size(line: _Line, key: str, value: str | None) -> None:
 
 def _archiso_base(line: _Line, key: str, value: str | None) -> None:
     line.archiso_base = (value or "arch").strip("/")
+    line.keep(key, value)  # the network forms read it too (archiso_http_srv: overlayboot.net)
 
 
 def _dracut_image(line: _Line, key: str, value: str | None) -> None:
