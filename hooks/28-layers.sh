@@ -13,7 +13,8 @@ if [ ! -b "$OB_IMAGE_FILE" ]; then
     image_dir=${OB_IMAGE_FILE%/*}
     names=$OB_LAYERS
     if [ -z "$names" ] && [ -f "$image_dir/layers" ]; then
-        names=$(sed -e 's/#.*//' "$image_dir/layers" | tr -s ' \t\n' '   ')
+        # shellcheck disable=SC2046,SC2086 # word splitting trims and joins the names
+        names=$(echo $(sed -e 's/#.*//' "$image_dir/layers"))
         log "layers: from ${OB_IMAGE%/*}/layers: $names"
     fi
     n=0
