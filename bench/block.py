@@ -115,12 +115,21 @@ def report(medians: dict[str, dict[str, float]], changed_mib: float) -> list[str
 @click.option("--writes", default=400, show_default=True, help="4 KiB random writes per run.")
 @click.option("--reps", default=3, show_default=True)
 @click.option(
+    "--cpu",
+    default=-1,
+    show_default=True,
+    help="Pin the run and the daemons it starts to this CPU (-1: the last one; a round trip "
+    "between CPUs is slower and noisier here), or -2 for no pinning.",
+)
+@click.option(
     "--dir", "work", type=click.Path(path_type=Path), default=Path("/var/tmp/ob-block-bench")
 )
-def main(size_mib: int, writes: int, reps: int, work: Path) -> None:
+def main(size_mib: int, writes: int, reps: int, cpu: int, work: Path) -> None:
     """Run the block benchmark and print a table (Markdown)."""
     if os.geteuid() != 0:
         sys.exit("bench.block: run as root (loop devices, FUSE)")
+    if cpu != -2:
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0)) if cpu == -1 else cpu})
     work.mkdir(parents=True, exist_ok=True)
     size = size_mib * MiB
     base = work / "base.img"
@@ -153,6 +162,7 @@ def main(size_mib: int, writes: int, reps: int, work: Path) -> None:
             {
                 "size_mib": size_mib,
                 "writes": writes,
+                "cpu": cpu,
                 "reps": reps,
                 "changed_mib": changed,
                 "runs": runs,
