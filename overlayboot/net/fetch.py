@@ -32,7 +32,7 @@ _HEX64 = re.compile(rb"^[0-9a-fA-F]{64}$")
 class FetchError(OverlaybootError):
     """The image cannot be fetched, does not fit, or is not the one expected."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 class HttpError(OverlaybootError):
     """A permanent HTTP failure for the image (the message names the URL and the status)."""
 
-    exit_code = 7
+    exit_code = 8
 
 
 class Transient(Exception):
