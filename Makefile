@@ -6,11 +6,15 @@ PYTHON_SYS ?= /usr/bin/python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# tests run on this many pytest-xdist workers (QEMU guests and FUSE daemons are mostly
+# one busy thread each: 2 workers use both cores of a 2-core CI machine); 0 = in-process
+PYTEST_JOBS ?= 2
+PYTEST_PAR := $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist loadfile)
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv python3.11-dev \
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
-	debootstrap \
-	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2
+	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring qemu-utils \
+	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2 cryptsetup-bin
 
 .PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
 
@@ -28,11 +32,16 @@ $(VENV)/.apt-stamp:
 	@mkdir -p $(VENV) && touch $@
 
 venv: $(VENV)/.pip-stamp
-$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/build.sh $(VENV)/.apt-stamp
+$(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/tmpfile.patch \
+		third_party/pyfuse3/build.sh \
+		third_party/libfuse/build.sh $(VENV)/.apt-stamp
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	# pyfuse3 with the directory cache and the non-blocking request loop (third_party/pyfuse3)
-	third_party/pyfuse3/build.sh $(abspath $(PY)) build/pyfuse3
+	# libfuse 3.17 (FUSE passthrough) from Debian trixie's source package (third_party/libfuse)
+	third_party/libfuse/build.sh build/libfuse
+	# pyfuse3 against it, with the directory cache, the non-blocking request loop and
+	# passthrough (third_party/pyfuse3)
+	third_party/pyfuse3/build.sh $(abspath $(PY)) build/pyfuse3 build/libfuse/prefix
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
@@ -55,14 +64,14 @@ SLOW_TIER := slow or powercut or oom
 
 # the default run: everything but the slow tier (unit, real FUSE mounts, QEMU boots)
 pytest: deps
-	$(PY) -m pytest -m "not ($(SLOW_TIER))" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PAR) -m "not ($(SLOW_TIER))" $(PYTEST_ARGS)
 
 test: imports lint typecheck pytest
 
 # the slow tier (a debootstrapped Debian root with systemd under QEMU, build all, kill -9
 # crashes, power cuts, out of memory, 2-vCPU boots in a row): CI runs it too
 test-slow: deps
-	$(PY) -m pytest -m "$(SLOW_TIER)" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PAR) -m "$(SLOW_TIER)" $(PYTEST_ARGS)
 
 demo: deps
 	$(PY) -m overlayboot demo
@@ -74,3 +83,4 @@ bench: deps
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	rm -f $(VENV)/.pip-stamp  # its pyfuse3 loads libfuse from build/

@@ -76,6 +76,20 @@ def _fuse_overlayfs_version() -> str | None:
     return None
 
 
+def _loaded_libfuse() -> str:
+    """The version of the libfuse pyfuse3 loads (its file name: libfuse3.so.3.17.2), which
+    need not be the system's (the Makefile builds pyfuse3 against its own libfuse)."""
+    try:
+        import pyfuse3  # noqa: F401  (loads libfuse)
+
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/libfuse3.so" in line}
+    except (ImportError, OSError):
+        return "?"
+    names = sorted(os.path.basename(os.path.realpath(p)) for p in paths)
+    return names[0].removeprefix("libfuse3.so.") if names else "?"
+
+
 def describe() -> dict[str, object]:
     """Machine and software versions, for the JSON record and the table's header."""
     uname = os.uname()
@@ -94,7 +108,7 @@ def describe() -> dict[str, object]:
             "overlayboot": _pkg_version("overlayboot"),
             "overlayboot_git": _git_rev(),
             "fuse-overlayfs": _fuse_overlayfs_version(),
-            "libfuse3": _first_line(["pkg-config", "--modversion", "fuse3"]),
+            "libfuse3": _loaded_libfuse(),
             "mksquashfs": _first_line(["mksquashfs", "-version"]),
         },
     }

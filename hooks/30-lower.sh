@@ -3,8 +3,16 @@
 # The id is what mkimage put in the image (/.overlayboot/image-id: a digest of the root
 # tree); an image built otherwise has none, and its id is then the sha256 of the image file
 # (computed only when a persistence partition needs it: it reads the whole image).
+# With layers (phase layers, OB_LAYERS_LOWER and OB_LAYERS_ID), OB_LOWER has them on top
+# and the id covers them too; state lowers=.
 # In: OB_IMAGE_FILE, OB_TORAM, OB_UPPER_KIND. Out: OB_LOWER, OB_IMAGE_ID (empty when not
 # needed and not in the image), OB_LEGACY_ID (mkfs time and size: the id of older releases).
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_lower
+    return 0
+fi
 # Nothing to do when phase fetch has mounted an NFS tree as the lower (OB_LOWER_READY).
 [ -z "${OB_LOWER_READY:-}" ] || return 0
 OB_LOWER=$OB_RUN/lower
@@ -33,7 +41,10 @@ if [ -n "$OB_TORAM" ]; then
     state toram yes
 fi
 
+# an ext4 image (what overlayboot.overlay=block boots) is a lower layer too: read-only,
+# its journal not replayed (noload)
 mount -t squashfs -o ro,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
+    mount -t ext4 -o ro,noload,loop "$OB_IMAGE_FILE" "$OB_LOWER" 2>/dev/null ||
     mount -t squashfs -o ro "$OB_IMAGE_FILE" "$OB_LOWER" ||
     die "cannot mount the image $OB_IMAGE: not a squashfs, or corrupt"
 ls "$OB_LOWER" > /dev/null 2>&1 || die "the image $OB_IMAGE is unreadable (corrupt squashfs)"
@@ -50,6 +61,13 @@ elif [ "$OB_UPPER_KIND" != tmpfs ]; then
     OB_IMAGE_ID=$(sha256sum "$OB_IMAGE_FILE" | cut -c1-32)
     valid_id "$OB_IMAGE_ID" || die "cannot read the image $OB_IMAGE to compute its sha256"
     id_from="sha256 of the image file"
+fi
+if [ -n "$OB_LAYERS_LOWER" ]; then # the layers of phase layers, over the image
+    OB_LOWER=$OB_LAYERS_LOWER:$OB_LOWER
+    [ -z "$OB_IMAGE_ID" ] ||
+        OB_IMAGE_ID=$(echo "$OB_IMAGE_ID$OB_LAYERS_ID" | sha256sum | cut -c1-32)
+    id_from="${id_from:-the image}, with its layers"
+    state lowers "$OB_LOWER"
 fi
 if [ -n "$OB_IMAGE_ID" ]; then
     log "lower: $OB_IMAGE (image id $OB_IMAGE_ID, from $id_from)"

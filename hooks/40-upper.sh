@@ -4,8 +4,15 @@
 # overlayboot/LABEL/images/ID/{upper,work} (or DIR/images/ID/ with overlayboot.upper=DEV:DIR),
 # and gets them back when it boots again; overlayboot/LABEL/image-id names the image booted
 # last, so an image change is reported. Older releases' layout is moved there first.
+# A persistence file (phase persistence) is mounted at $OB_RUN/rw already: OB_UPPER_MOUNTED.
 # In: OB_UPPER_KIND/OB_UPPER/OB_UPPER_DIR/OB_UPPER_SIZE, OB_IMAGE_ID, OB_LEGACY_ID.
 # Out: OB_UPPERDIR, OB_WORKDIR.
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_upper
+    return 0
+fi
 rw=$OB_RUN/rw
 mkdir -p "$rw"
 if [ "$OB_UPPER_KIND" = tmpfs ]; then
@@ -16,11 +23,19 @@ if [ "$OB_UPPER_KIND" = tmpfs ]; then
     state persistent no
     state upper tmpfs
 else
-    upper_dev=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
-        die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
-    fsck_upper "$upper_dev"
-    mount -o rw,noatime "$upper_dev" "$rw" ||
-        die "cannot mount the persistence partition $upper_dev read-write"
+    if [ -n "${OB_UPPER_MOUNTED:-}" ]; then
+        upper_dev=$OB_UPPER_MOUNTED # a persistence file, mounted by phase persistence
+    else
+        upper_dev=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
+            die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
+        if command -v luks_open > /dev/null; then # phase persistence: LUKS, opened
+            luks_open "$upper_dev"
+            upper_dev=$LUKS_DEV
+        fi
+        fsck_upper "$upper_dev"
+        mount -o rw,noatime "$upper_dev" "$rw" ||
+            die "cannot mount the persistence partition $upper_dev read-write"
+    fi
     base=$rw/${OB_UPPER_DIR:-overlayboot/$OVERLAYBOOT_LABEL}
     mkdir -p "$base/images" || die "cannot write on the persistence partition $upper_dev"
     migrate_layout "$base"

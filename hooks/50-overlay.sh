@@ -5,6 +5,12 @@
 # mounts at $OB_RUN/root, which is then moved to /root. Its argv[0] is @overlayboot, so
 # systemd does not kill it at switch-root or shutdown.
 mkdir -p /root
+if [ "$OB_OVERLAY" = block ]; then  # hooks/block.sh
+    # shellcheck source=block.sh
+    . "$OVERLAYBOOT_HOOKS/block.sh"
+    block_root
+    return 0
+fi
 if [ "$OB_OVERLAY" = kernel ]; then
     if grep -q '^persistent=yes' "$OB_STATE"; then
         # the daemon may have left partial copy-ups (not kernel overlayfs format): make
@@ -20,7 +26,9 @@ else
     daemon_root || die "cannot prepare $OB_RUN for the overlay daemon"
     debug_flag=
     [ -n "$OB_DEBUG" ] && debug_flag=--debug
-    set -- mount --root $debug_flag --lower "${OB_LOWER#"$OB_RUN"}" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
+    # every lower as the chrooted daemon sees it (several with overlayboot.upper.readonly)
+    lowers=$(echo "$OB_LOWER" | sed "s|$OB_RUN/|/|g")
+    set -- mount --root $debug_flag --lower "$lowers" --upper "${OB_UPPERDIR#"$OB_RUN"}" \
         --work "${OB_WORKDIR#"$OB_RUN"}" --log /daemon.log /root
     if [ -n "${OB_STANDBY_PID:-}" ] && kill -0 "$OB_STANDBY_PID" 2>/dev/null; then
         # the process phase standby started: its arguments, one per line, written whole

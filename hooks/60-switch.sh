@@ -4,7 +4,7 @@
 # /run/initramfs/shutdown protocol): hooks/shutdown.sh as /run/initramfs/shutdown, a static
 # busybox and the applets it uses; it finds the rest under /run/overlayboot.
 SHUTDOWN_APPLETS="sh awk cat grep head kill mkdir mount poweroff halt reboot sed sleep sync \
-    timeout tr umount wc"
+    timeout tr umount wc losetup"
 
 # args: none; /run/initramfs, the shutdown environment
 shutdown_env() {

@@ -7,9 +7,17 @@
 OB_RUN=/run/overlayboot
 OB_STATE=$OB_RUN/state
 
+# args: line; appends it to $OB_RUN/boot.log (the live root's /var/log/overlayboot/boot.log
+# and journal: hooks/55-liveroot.sh)
+boot_log() {
+    [ -d "$OB_RUN" ] && echo "$1" >> "$OB_RUN/boot.log"
+    return 0
+}
+
 # args: message...; prints a log line on the console (and /dev/kmsg when debugging)
 log() {
     echo "overlayboot: $*"
+    boot_log "overlayboot: $*"
     if [ -n "${OB_DEBUG:-}" ] && [ -w /dev/kmsg ]; then
         echo "overlayboot: $*" > /dev/kmsg
     fi
@@ -46,6 +54,7 @@ rescue_shell() {
 # args: message...; a failed boot: one ERROR line, what was seen, then overlayboot.onerror
 die() {
     echo "ERROR: overlayboot: $*"
+    boot_log "ERROR: overlayboot: $*"
     echo "overlayboot: block devices seen:"
     seen_devices
     case "${OB_ONERROR:-shell}" in

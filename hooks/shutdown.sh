@@ -155,6 +155,23 @@ stop_daemon() {
     wait_exit "$1" 2 || fail "the overlay daemon (pid $1) does not die"
 }
 
+# args: none; block mode (hooks/block.sh): the loop devices over the block daemon's file
+# detached and its directory unmounted, so that the daemon commits its store, marks it
+# clean and exits
+block_detach() {
+    [ -d "$OB_RUN/block" ] || return 0
+    for f in /sys/block/loop*/loop/backing_file; do
+        [ -r "$f" ] || continue
+        case $(cat "$f") in
+            */overlayboot/block/disk)
+                d=${f#/sys/block/}
+                losetup -d "/dev/${d%%/*}" || fail "cannot detach /dev/${d%%/*} from the block device"
+                ;;
+        esac
+    done
+    timeout 10 umount "$OB_RUN/block" || fail "cannot unmount the block device's $OB_RUN/block"
+}
+
 # args: none; with $OB_RUN/seal-at-shutdown, the partial copy-ups on the persistence
 # partition made whole (kernel overlayfs format: overlayboot upper seal), within 60 s
 seal_if_asked() {
@@ -162,7 +179,9 @@ seal_if_asked() {
     grep -qx persistent=yes "$OB_RUN/state" || return 0
     upperdir=$(sed -n 's/^upperdir=//p' "$OB_RUN/state" | tail -n 1)
     say "sealing the partial copy-ups in $upperdir (seal-at-shutdown)"
-    timeout 60 "$OB_RUN/runtime/overlayboot" upper seal --lower "$OB_RUN/lower" \
+    # several lowers with layers (phase layers: lowers= in the state file, boot-time paths)
+    lowers=$(sed -n 's/^lowers=//p' "$OB_RUN/state" | tail -n 1 | sed "s|/run/overlayboot|$OB_RUN|g")
+    timeout 60 "$OB_RUN/runtime/overlayboot" upper seal --lower "${lowers:-$OB_RUN/lower}" \
         "${OB_RUN%/run/overlayboot}$upperdir" || fail "sealing the partial copy-ups in $upperdir failed"
 }
 
@@ -199,6 +218,7 @@ stop_others $dpid $hpid
 if [ -n "$moved" ]; then
     say "unmounting the old root"
     umount_tree /oldroot
+    block_detach
 fi
 patience=0
 [ -n "$moved" ] && patience=15

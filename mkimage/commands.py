@@ -412,6 +412,46 @@ def persistence_list_cmd(target: Path, base_dir: str | None) -> None:
         click.echo(line)
 
 
+@persistence.command("inspect")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--image", "image_id", help="An image id or prefix [default: the one booted last].")
+@click.option(
+    "--lower", type=click.Path(path_type=Path), help="The image's root: changed vs added."
+)
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_inspect_cmd(
+    target: Path, image_id: str | None, lower: Path | None, base_dir: str | None
+) -> None:
+    """What one image's saved changes are: added, changed, partial, deleted, replaced.
+
+    TARGET is the mount point, or an image file or device (mounted read-only, as root)."""
+    from overlayboot.changes import inspect_lines, mounted, upper_of
+
+    with mounted(target) as root:
+        for line in inspect_lines(upper_of(root, image_id, base_dir), lower):
+            click.echo(line)
+
+
+@persistence.command("export")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--image", "image_id", help="An image id or prefix [default: the one booted last].")
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_export_cmd(
+    target: Path, archive: Path, image_id: str | None, base_dir: str | None
+) -> None:
+    """One image's saved changes as a tar ARCHIVE (xattrs, whiteouts: an upper layer).
+
+    TARGET as for inspect."""
+    from overlayboot.changes import export, mounted, upper_of
+
+    with mounted(target) as root:
+        export(upper_of(root, image_id, base_dir), archive.resolve())
+    click.echo(f"{archive}: the changes, as an upper layer (unpack as root with tar --xattrs)")
+
+
 @persistence.command("prune")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.argument("ids", nargs=-1)

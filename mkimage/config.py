@@ -15,6 +15,10 @@ Relative paths are taken from the directory of the file::
     [rootfs]
     source = "busybox"               # "busybox", "debian" (slow), or a directory or tarball
     extra_files = { "/etc/motd" = "files/motd" }   # path in the root = file on the host
+    suite = "bookworm"               # source = "debian": the Debian suite debootstrap installs
+    packages = ["less", "vim-tiny"]  # source = "debian": more packages (debootstrap --include)
+    script = "files/setup.sh"        # run in the root (chroot, /bin/sh, as root) after the
+                                     # extra files, with SOURCE_DATE_EPOCH set; then removed
 
     [initramfs]
     compression = "zstd"             # zstd, gzip, xz, none
@@ -36,7 +40,9 @@ Relative paths are taken from the directory of the file::
 
 from __future__ import annotations
 
+import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -62,6 +68,9 @@ class RootfsSpec:
     source: str = "busybox"  # busybox, debian, or a path (then ``path`` is set)
     path: Path | None = None
     extra_files: tuple[tuple[PurePosixPath, Path], ...] = ()
+    suite: str = "bookworm"  # the Debian suite (source = debian)
+    packages: tuple[str, ...] = ()  # more Debian packages (source = debian)
+    script: Path | None = None  # run in the root after the extra files
 
 
 @dataclass(frozen=True)
@@ -87,7 +96,7 @@ class ImageSpec:
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "": {"label": str, "output": str, "source_date_epoch": int},
     "kernel": {"series": str, "image": str, "modules": str},
-    "rootfs": {"source": str, "extra_files": dict},
+    "rootfs": {"source": str, "extra_files": dict, "suite": str, "packages": list, "script": str},
     "initramfs": {"compression": str, "params": list},
     "squashfs": {"compression": str, "level": int},
     "boot": {"params": list, "timeout": int, "serial": bool},
@@ -112,6 +121,32 @@ def _check(data: dict[str, Any], where: str) -> None:
             raise UsageError(f"{name} must be a {kind}, not {value!r}")
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise UsageError(f"{name} must be a list of strings")
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*")
+
+
+def _rootfs(
+    r: dict[str, Any],
+    source: str,
+    extra: tuple[tuple[PurePosixPath, Path], ...],
+    path: Callable[[str], Path],
+) -> RootfsSpec:
+    """[rootfs]: suite and packages only for a Debian root; names as Debian spells them."""
+    packages = tuple(r.get("packages", ()))
+    if source != "debian" and ("suite" in r or packages):
+        raise UsageError('rootfs.suite and rootfs.packages need rootfs.source = "debian"')
+    for name in (*packages, r.get("suite", "bookworm")):
+        if not _NAME.fullmatch(name):
+            raise UsageError(f"{name!r} is not a Debian package or suite name")
+    return RootfsSpec(
+        source=source if source in ROOT_SOURCES else "path",
+        path=None if source in ROOT_SOURCES else path(source),
+        extra_files=extra,
+        suite=r.get("suite", "bookworm"),
+        packages=packages,
+        script=path(r["script"]) if "script" in r else None,
+    )
 
 
 def spec_from_dict(data: dict[str, Any], base: Path = Path()) -> ImageSpec:
@@ -150,11 +185,7 @@ def spec_from_dict(data: dict[str, Any], base: Path = Path()) -> ImageSpec:
             image=path(k["image"]) if "image" in k else None,
             modules=path(k["modules"]) if "modules" in k else None,
         ),
-        rootfs=RootfsSpec(
-            source=source if source in ROOT_SOURCES else "path",
-            path=None if source in ROOT_SOURCES else path(source),
-            extra_files=extra,
-        ),
+        rootfs=_rootfs(r, source, extra, path),
         initramfs_compression=i.get("compression", "zstd"),
         initramfs_params=tuple(i.get("params", ())),
         squashfs_compression=s.get("compression", "zstd"),

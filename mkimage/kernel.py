@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.cachelock import cache_lock
 from overlayboot.errors import OverlaybootError
 from overlayboot.run import run
 
@@ -75,29 +76,34 @@ def kernel_from_dirs(image: Path, modules: Path) -> Kernel:
     return Kernel(modules.name, image, modules, config)
 
 
+def _unpack(pkg: str, root: Path, debs: Path) -> None:
+    """``apt-get download`` the package into ``debs`` and unpack it at ``root``."""
+    if root.exists():
+        shutil.rmtree(root)
+    debs.mkdir(parents=True, exist_ok=True)
+    run(["apt-get", "download", pkg], cwd=debs)
+    deb = max(debs.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
+    tmp = root.with_name(root.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    run(["dpkg", "-x", deb, tmp])
+    versions = sorted(p.name for p in (tmp / "lib/modules").iterdir())
+    if not versions:
+        raise KernelError(f"{deb.name} holds no modules directory")
+    run(["depmod", "-b", tmp, versions[-1]])
+    tmp.rename(root)
+
+
 def fetch_kernel(cache: Path = DEFAULT_CACHE, series: str = DEFAULT_SERIES) -> Kernel:
     """Download and unpack a Debian kernel into ``cache``; reuse it if already there."""
     pkg = find_package(series)
     root = cache / "kernels" / pkg
     stamp = root / ".complete"
-    if not stamp.exists():
-        if root.exists():
-            shutil.rmtree(root)
-        debs = cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        run(["apt-get", "download", pkg], cwd=debs)
-        deb = max(debs.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
-        tmp = root.with_name(root.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        run(["dpkg", "-x", deb, tmp])
-        versions = sorted(p.name for p in (tmp / "lib/modules").iterdir())
-        if not versions:
-            raise KernelError(f"{deb.name} holds no modules directory")
-        run(["depmod", "-b", tmp, versions[-1]])
-        tmp.rename(root)
-        stamp.write_text(pkg + "\n")
+    with cache_lock(cache, f"kernel-{pkg}"):
+        if not stamp.exists():
+            _unpack(pkg, root, cache / "debs")
+            stamp.write_text(pkg + "\n")
     versions = sorted(p.name for p in (root / "lib/modules").iterdir())
     version = versions[-1]
     image = root / "boot" / f"vmlinuz-{version}"

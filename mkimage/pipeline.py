@@ -12,12 +12,14 @@ debootstrapped once into the cache and copied from there afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage import grub, rootfs
+from mkimage.cachelock import cache_lock
 from mkimage.config import ImageSpec
 from mkimage.iso import IsoSpec, build_iso
 from mkimage.kernel import DEFAULT_CACHE, Kernel, fetch_kernel, kernel_from_dirs
@@ -26,6 +28,7 @@ from mkimage.progress import Steps
 from mkimage.squashfs import SquashfsSpec, build_squashfs
 from mkimage.usb import build_usb
 from overlayboot.errors import UsageError
+from overlayboot.run import run
 
 STEPS = ("kernel", "rootfs", "squashfs", "initramfs", "iso", "usb")
 
@@ -70,20 +73,44 @@ def add_extra_files(root: Path, extra: tuple[tuple[object, Path], ...]) -> None:
         shutil.copy2(src, target)
 
 
-def make_root(spec: ImageSpec, dest: Path, cache: Path) -> rootfs.Root:
+def run_script(root: Path, script: Path, epoch: int | None) -> None:
+    """The image's script, run in the root (chroot, its /bin/sh), then removed from it."""
+    if not script.is_file():
+        raise UsageError(f"rootfs.script {script} does not exist")
+    inside = root / "overlayboot-script"
+    shutil.copy2(script, inside)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C"}
+    if epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(epoch)
+    try:
+        run(["chroot", root, "/bin/sh", "/overlayboot-script"], env=env)
+    finally:
+        inside.unlink()
+
+
+def make_root(spec: ImageSpec, dest: Path, cache: Path, epoch: int | None = None) -> rootfs.Root:
     """The root tree the spec asks for, at ``dest``."""
     r = spec.rootfs
     if r.source == "busybox":
         root = rootfs.build_busybox_root(dest)
     elif r.source == "debian":
-        cached = cache / f"rootfs-debian-{rootfs.DEBIAN_SUITE}"
-        if rootfs.find_init(cached) is None:
-            rootfs.build_debian_root(cached)
+        include = (*rootfs.DEBIAN_INCLUDE, *r.packages)
+        key = hashlib.sha256(" ".join(include).encode()).hexdigest()[:12]
+        cached = (
+            cache / f"rootfs-debian-{r.suite}"
+            if not r.packages
+            else (cache / f"rootfs-debian-{r.suite}-{key}")
+        )
+        with cache_lock(cache, cached.name):
+            if rootfs.find_init(cached) is None:
+                rootfs.build_debian_root(cached, suite=r.suite, include=include)
         root = rootfs.copy_root(cached, dest)
     else:
         assert r.path is not None
         root = rootfs.copy_root(r.path, dest)
     add_extra_files(dest, r.extra_files)
+    if r.script is not None:
+        run_script(dest, r.script, epoch)
     return root
 
 
@@ -98,7 +125,7 @@ def build_all(spec: ImageSpec, epoch: int, *, steps: Steps, cache: Path = DEFAUL
     with steps.step("kernel"):
         kernel = get_kernel(spec, cache)
     with steps.step("rootfs"):
-        make_root(spec, out.rootfs, cache)
+        make_root(spec, out.rootfs, cache, epoch)
     with steps.step("squashfs", ticker=False):
         sq = SquashfsSpec(
             compression=spec.squashfs_compression,

@@ -77,6 +77,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.__main__",
     "overlayboot.cli",
     "overlayboot.cmdline",
+    "overlayboot.mediacheck",  # hooks/25-check.sh
     "overlayboot.probe",
     "overlayboot.status",
     "overlayboot.fs.config",
@@ -84,6 +85,9 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.net.reach",
     "overlayboot.net.fetch",
     "overlayboot.net.httpfs",
+    "overlayboot.block.cli",  # overlayboot.overlay=block (hooks/block.sh)
+    "overlayboot.block.daemon",
+    "overlayboot.block.manage",
     "runpy",
 )
 # The image builder is not needed at boot: overlayboot.cli names its commands in a table
@@ -103,8 +107,13 @@ RUNTIME_EXCLUDES = DEFAULT_EXCLUDES | {
 }
 PYTHON = PurePosixPath("/usr/bin/python3.11")
 # Host programs the boot runs with the bundled loader and libraries (their ELF closure is
-# added to lib/): e2fsck checks the persistence partition before it is mounted.
-TOOLS: tuple[PurePosixPath, ...] = (PurePosixPath("/usr/sbin/e2fsck"),)
+# added to lib/): e2fsck checks the persistence partition before it is mounted;
+# cryptsetup opens a LUKS-encrypted one (hooks/35-persistence.sh).
+TOOLS: tuple[PurePosixPath, ...] = (
+    PurePosixPath("/usr/sbin/e2fsck"),
+    PurePosixPath("/usr/sbin/cryptsetup"),
+)
+_TOOL_PACKAGES = {"e2fsck": "e2fsprogs", "cryptsetup": "cryptsetup-bin"}
 # Loaded with dlopen, so not in any DT_NEEDED: glibc's pthread_exit/cancel need libgcc_s,
 # trio looks up pthread_setname_np in libpthread through ctypes.
 DLOPENED: tuple[str, ...] = ("libgcc_s.so.1", "libpthread.so.0")
@@ -346,7 +355,8 @@ def _check_tools(spec: RuntimeSpec) -> list[Path]:
     tools = [Path(t) for t in spec.tools]
     for tool in tools:
         if not tool.is_file():
-            raise RuntimeBuildError(f"{tool} not found", "install the Debian package e2fsprogs")
+            package = _TOOL_PACKAGES.get(tool.name, "that provides it")
+            raise RuntimeBuildError(f"{tool} not found", f"install the Debian package {package}")
     return tools
 
 

@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "inspect": "mkimage.commands:inspect",
     "kernel": "mkimage.commands:kernel",
     "persistence": "mkimage.commands:persistence",
+    "block": "overlayboot.block.cli:block",
     "serve": "overlayboot.net.serve:serve",
 }
 
@@ -92,6 +93,12 @@ def cli(debug: bool) -> None:
     "-o seal_on_umount).",
 )
 @click.option(
+    "--no-passthrough",
+    is_flag=True,
+    help="Serve every read and write through the daemon, never through FUSE passthrough "
+    "(which needs Linux 6.9+ and root; -o nopassthrough).",
+)
+@click.option(
     "--root",
     "as_root",
     is_flag=True,
@@ -113,12 +120,14 @@ def mount_cmd(
     chunk_threshold: str | None,
     chunk_size: str | None,
     seal_on_umount: bool,
+    no_passthrough: bool,
     as_root: bool,
     args: tuple[Path, ...],
 ) -> None:
     """Mount an overlay at MOUNTPOINT ([SOURCE] MOUNTPOINT, SOURCE is ignored as in mount -t)."""
     from overlayboot.fs.chunkpolicy import make_policy
     from overlayboot.fs.config import (
+        NO_PASSTHROUGH,
         OverlayConfig,
         check_config,
         check_mountpoint,
@@ -151,6 +160,7 @@ def mount_cmd(
                 chunk_size or ours.get("chunk_size"),
             ),
             seal_on_umount=seal_on_umount or "seal_on_umount" in ours,
+            passthrough=not (no_passthrough or NO_PASSTHROUGH in ours),
         )
     )
     mnt = check_mountpoint(mountpoint)

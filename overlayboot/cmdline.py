@@ -10,9 +10,9 @@ Parameters (also the README's table): ``overlayboot.medium=``,
 ``overlayboot.image=``, ``overlayboot.findiso=``, ``overlayboot.upper=``,
 ``overlayboot.upper.size=``, ``overlayboot.toram``, ``overlayboot.overlay=``,
 ``overlayboot.break=``, ``overlayboot.debug``, ``overlayboot.timeout=``,
-``overlayboot.onerror=``, ``init=``; and dracut's ``root=live:…``,
-``rd.live.image``, ``rd.live.squashimg=``, ``rd.live.ram``, ``rd.live.overlay=``,
-``rd.live.overlay.size=`` where they mean the same thing.
+``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and dracut's ``root=live:…``.
+live-boot's, archiso's and dracut's other parameters are translated to these first
+(:mod:`overlayboot.bootparams`); an error in one names the parameter as typed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from overlayboot.bootparams import translate
 from overlayboot.errors import UsageError
 from overlayboot.net.config import NetConfig
 from overlayboot.net.params import apply_param, check, shell_values
@@ -32,6 +33,7 @@ PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "over
 # the network boot's phases (hooks/15-network.sh, 25-fetch.sh): by name only, no number
 NET_PHASES: tuple[str, ...] = ("network", "fetch")
 DEFAULT_IMAGE = "/live/filesystem.squashfs"
+DEFAULT_BLOCK_IMAGE = "/live/filesystem.ext4"  # overlayboot.overlay=block: a filesystem image
 DEFAULT_LABEL = "OVERLAYBOOT"
 IMAGE_CONF = Path("/etc/overlayboot/image.conf")
 
@@ -44,7 +46,7 @@ class CmdlineError(UsageError):
 class DeviceSpec:
     """How to find a block device: by filesystem label, UUID, partition label or path."""
 
-    kind: str  # "label", "uuid", "partlabel", "path"
+    kind: str  # "label", "uuid", "partlabel", "path"; "name" (overlayboot.upper=name:)
     value: str
 
     def __str__(self) -> str:
@@ -61,7 +63,11 @@ class BootConfig:
     upper: DeviceSpec | None = None  # None: a tmpfs
     upper_dir: str = ""  # a directory on the persistence device
     upper_size: str = "50%"
+    upper_readonly: bool = False  # the saved changes are shown, new ones kept in RAM
+    upper_reset: bool = False  # this image's saved changes are removed at boot
     toram: bool = False
+    check: bool = False  # the medium against its SHA256SUMS (hooks/25-check.sh)
+    layers: tuple[str, ...] = ()  # more squashfs images over the image (hooks/28-layers.sh)
     overlay: str = "fuse"
     breaks: frozenset[str] = frozenset()
     debug: bool = False
@@ -150,47 +156,42 @@ def _phase_list(value: str | None) -> frozenset[str]:
     return frozenset(out)
 
 
-def _dracut_overlay(value: str, cfg: BootConfig) -> BootConfig:
-    """rd.live.overlay=DEVSPEC[:PATH] (dracut's persistent overlay)."""
-    if value.lower() == "none":
-        return replace(cfg, upper=None)
-    dev, _, path = value.partition(":")
-    return replace(cfg, upper=parse_device(dev, "rd.live.overlay"), upper_dir=path.strip("/"))
-
-
 def parse_cmdline(text: str, defaults: Mapping[str, str] | None = None) -> BootConfig:
     """Parse a kernel command line over the image's baked-in defaults."""
     params: list[tuple[str, str | None]] = []
     for dkey, dvalue in (defaults or {}).items():
         params.append((dkey if "." in dkey or dkey == "init" else f"overlayboot.{dkey}", dvalue))
-    params += split_cmdline(text)
+    origins: list[str | None] = [None] * len(params)
+    foreign = translate(split_cmdline(text))  # live-boot, archiso, dracut: bootparams.py
+    params += foreign.params
+    origins += foreign.origins
     cfg = BootConfig(medium=DeviceSpec("label", DEFAULT_LABEL))
-    warnings: list[str] = []
-    for key, value in params:
-        net = apply_param(cfg.net, key, value)  # the network forms (overlayboot.net)
-        if net is not None:
-            cfg = replace(cfg, net=net)
-        elif key == "root" and value and value.startswith("live:"):
-            cfg = replace(cfg, medium=parse_device(value[5:], "root=live:"))
-        elif key == "init":
-            if not value or not value.startswith("/"):
-                raise CmdlineError(f"init={value!r} is not an absolute path")
-            cfg = replace(cfg, init=value)
-        elif key == "rd.live.image":
-            pass
-        elif key == "rd.live.squashimg" and value:
-            cfg = replace(cfg, image=value if value.startswith("/") else f"/LiveOS/{value}")
-        elif key == "rd.live.ram":
-            cfg = replace(cfg, toram=_flag(value, key))
-        elif key == "rd.live.overlay" and value:
-            cfg = _dracut_overlay(value, cfg)
-        elif key == "rd.live.overlay.size" and value:
-            cfg = replace(
-                cfg, upper_size=parse_size(value + "M" if value.isdigit() else value, key)
-            )
-        elif key.startswith("overlayboot."):
-            cfg = _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    warnings: list[str] = list(foreign.warnings)
+    for (key, value), origin in zip(params, origins, strict=True):
+        try:
+            cfg = _param(cfg, key, value, warnings)
+        except CmdlineError as exc:
+            if origin is None:
+                raise
+            raise CmdlineError(f"{origin}: {exc.message}", exc.hint) from None
+    if cfg.overlay == "block" and cfg.image == DEFAULT_IMAGE:
+        cfg = replace(cfg, image=DEFAULT_BLOCK_IMAGE)
     return replace(cfg, warnings=tuple(warnings), net=check(cfg.net))
+
+
+def _param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
+    net = apply_param(cfg.net, key, value)  # the network forms (overlayboot.net)
+    if net is not None:
+        return replace(cfg, net=net)
+    if key == "root" and value and value.startswith("live:"):
+        return replace(cfg, medium=parse_device(value[5:], "root=live:"))
+    if key == "init":
+        if not value or not value.startswith("/"):
+            raise CmdlineError(f"init={value!r} is not an absolute path")
+        return replace(cfg, init=value)
+    if key.startswith("overlayboot."):
+        return _overlayboot_param(cfg, key[len("overlayboot.") :], value, warnings)
+    return cfg
 
 
 def _need(value: str | None, key: str) -> str:
@@ -211,20 +212,18 @@ def _overlayboot_param(
     if key == "findiso":
         v = _need(value, key)
         return replace(cfg, findiso=v if v.startswith("/") else "/" + v)
-    if key == "upper":
-        v = _need(value, key)
-        if v == "tmpfs":
-            return replace(cfg, upper=None, upper_dir="")
-        dev, _, path = v.partition(":")
-        return replace(cfg, upper=parse_device(dev, "overlayboot.upper"), upper_dir=path.strip("/"))
-    if key == "upper.size":
-        return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
+    if key.startswith("upper"):
+        return _upper_param(cfg, key, value, warnings)
     if key == "toram":
         return replace(cfg, toram=_flag(value, "overlayboot.toram"))
+    if key == "check":
+        return replace(cfg, check=_flag(value, "overlayboot.check"))
+    if key == "layers":
+        return replace(cfg, layers=_layers(_need(value, key)))
     if key == "overlay":
         v = _need(value, key)
-        if v not in ("fuse", "kernel"):
-            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse or kernel")
+        if v not in ("fuse", "kernel", "block"):
+            raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse, kernel or block")
         return replace(cfg, overlay=v)
     if key == "break":
         return replace(cfg, breaks=cfg.breaks | _phase_list(value))
@@ -240,6 +239,38 @@ def _overlayboot_param(
         if v not in ("shell", "poweroff", "reboot"):
             raise CmdlineError(f"overlayboot.onerror={v!r}", "use shell, poweroff or reboot")
         return replace(cfg, onerror=v)
+    warnings.append(f"unknown parameter overlayboot.{key} ignored")
+    return cfg
+
+
+def _layers(value: str) -> tuple[str, ...]:
+    names = tuple(n for n in value.split(",") if n)
+    for name in names:
+        if any(c.isspace() for c in name) or ".." in name.split("/"):
+            raise CmdlineError(
+                f"overlayboot.layers={value!r}: bad image name {name!r}",
+                "give names (or /paths on the medium) of squashfs images, comma-separated",
+            )
+    return names
+
+
+def _upper_param(cfg: BootConfig, key: str, value: str | None, warnings: list[str]) -> BootConfig:
+    """overlayboot.upper=, .upper.size=, .upper.readonly, .upper.reset (see the README)."""
+    if key == "upper":
+        v = _need(value, key)
+        if v == "tmpfs":
+            return replace(cfg, upper=None, upper_dir="")
+        if v.startswith("name:") and len(v) > 5 and "/" not in v[5:]:
+            # a partition labelled NAME, else a file /NAME on any partition (live-boot's rule)
+            return replace(cfg, upper=DeviceSpec("name", v[5:]), upper_dir="")
+        dev, _, path = v.partition(":")
+        return replace(cfg, upper=parse_device(dev, "overlayboot.upper"), upper_dir=path.strip("/"))
+    if key == "upper.size":
+        return replace(cfg, upper_size=parse_size(_need(value, key), "overlayboot.upper.size"))
+    if key == "upper.readonly":
+        return replace(cfg, upper_readonly=_flag(value, "overlayboot.upper.readonly"))
+    if key == "upper.reset":
+        return replace(cfg, upper_reset=_flag(value, "overlayboot.upper.reset"))
     warnings.append(f"unknown parameter overlayboot.{key} ignored")
     return cfg
 
@@ -281,7 +312,11 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_UPPER": cfg.upper.value if cfg.upper else "",
         "OB_UPPER_DIR": cfg.upper_dir,
         "OB_UPPER_SIZE": cfg.upper_size,
+        "OB_UPPER_READONLY": "1" if cfg.upper_readonly else "",
+        "OB_UPPER_RESET": "1" if cfg.upper_reset else "",
         "OB_TORAM": "1" if cfg.toram else "",
+        "OB_CHECK": "1" if cfg.check else "",
+        "OB_LAYERS": " ".join(cfg.layers),
         "OB_OVERLAY": cfg.overlay,
         "OB_BREAK": " ".join(p for p in PHASES + NET_PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",
@@ -291,7 +326,12 @@ def to_shell(cfg: BootConfig) -> str:
         **shell_values(cfg.net),
     }
     lines = [f"{k}={shlex.quote(v)}" for k, v in values.items()]
-    lines += [f"echo {shlex.quote('overlayboot: warning: ' + w)} >&2" for w in cfg.warnings]
+    for w in cfg.warnings:  # on the console, and in the boot log (hooks/lib.sh)
+        line = shlex.quote(f"WARNING: overlayboot: {w}")
+        lines += [
+            f"echo {line} >&2",
+            f'[ -z "${{OB_RUN:-}}" ] || echo {line} >> "$OB_RUN/boot.log"',
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -59,3 +59,9 @@ class UpperError(OverlaybootError):
     """An upper layer holds partial copy-ups that cannot be read or made whole."""
 
     exit_code = 6
+
+
+class BlockError(OverlaybootError):
+    """A block store that cannot be used: not a store, made for another base, in use, full."""
+
+    exit_code = 7

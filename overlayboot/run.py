@@ -60,6 +60,9 @@ PACKAGES: dict[str, str] = {
     "sfdisk": "fdisk",
     "blkid": "util-linux",
     "isoinfo": "genisoimage",
+    "losetup": "mount",
+    "qemu-img": "qemu-utils",
+    "qemu-storage-daemon": "qemu-system-common",
 }
 
 

@@ -44,6 +44,8 @@ class Status:
                 f"upper space: {human(used)} used, {human(self.upper_free)} free "
                 f"of {human(self.upper_total)}"
             )
+        if "block_store" in s:  # overlayboot.overlay=block
+            out.append(f"block:       {s.get('block_device', '?')} over {s['block_store']}")
         if "image_changed" in s:
             out.append(
                 "note:        the image changed; older changes kept aside "

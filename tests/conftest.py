@@ -23,6 +23,7 @@ pytest_plugins = ["pytester"]  # tests/unit/test_skip_guard.py runs pytest insid
 ALLOWED_SKIPS: Mapping[str, str] = {}
 
 SUMMARY_TITLE = "unexpected skips in CI"
+SKIPPED_IN_CI = "skipped in CI: "  # how a skip made a failure begins its report
 
 
 def ci_enabled() -> bool:
@@ -73,21 +74,26 @@ class SkipGuard:
         if reason is not None:
             report.outcome = "failed"
             report.longrepr = (
-                f"skipped in CI: {reason}\n"
+                f"{SKIPPED_IN_CI}{reason}\n"
                 "CI must run every test: give it what it needs (a tool: APT_PACKAGES in the "
                 "Makefile) or allow the reason, with why, in ALLOWED_SKIPS (tests/conftest.py)"
             )
         return report
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_make_collect_report(
-        self, collector: pytest.Collector
-    ) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         # a skipped module stays skipped (a failed collection would stop the whole run);
-        # the session fails at its end instead
-        report = yield
+        # the session fails at its end instead. This hook also sees the reports of
+        # pytest-xdist's workers, where the collection happens
         self._unexpected(report)
-        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # under pytest-xdist the worker made the skip a failure; the controller lists it
+        text = str(report.longrepr) if report.failed else ""
+        if text.startswith(SKIPPED_IN_CI) and all(
+            s.nodeid != report.nodeid for s in self.unexpected
+        ):
+            reason = text.removeprefix(SKIPPED_IN_CI).splitlines()[0]
+            self.unexpected.append(UnexpectedSkip(report.nodeid, reason))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -17,13 +17,15 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 # overlayboot with its default options, with every copy-up partial (no threshold, 4 KiB
-# chunks: even small files come up chunk by chunk), and with whole copy-ups only
+# chunks: even small files come up chunk by chunk), with whole copy-ups only, and with
+# every read and write through the daemon (no FUSE passthrough)
 OVERLAYBOOT_KINDS = {
     "overlayboot": (),
     "overlayboot-chunked": ("--copy-up=chunked", "--chunk-threshold=0", "--chunk-size=4K"),
     "overlayboot-whole": ("--copy-up=whole",),
+    "overlayboot-nopassthrough": ("--no-passthrough",),
 }
-KINDS = (*OVERLAYBOOT_KINDS, "kernel", "fuse-overlayfs")
+KINDS = ("overlayboot", "overlayboot-chunked", "overlayboot-whole", "kernel", "fuse-overlayfs")
 IS_ROOT = os.geteuid() == 0
 
 

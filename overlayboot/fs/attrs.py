@@ -13,6 +13,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from overlayboot.fs import longpath
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.inodes import Node
@@ -49,35 +50,56 @@ async def change(
         if open_fd is None:
             raise
         target = open_fd
-    is_link = isinstance(target, bytes) and not node.is_dir and os.path.islink(target)
+    is_link = isinstance(target, bytes) and not node.is_dir and _is_symlink(target)
     if want.uid is not None or want.gid is not None:
         _chown(target, -1 if want.uid is None else want.uid, -1 if want.gid is None else want.gid)
     if want.mode is not None and not is_link:
-        os.chmod(target, stat.S_IMODE(want.mode))
+        _chmod(target, stat.S_IMODE(want.mode))
     if want.size is not None:
         if open_fd is not None and fd_writable:
             target = open_fd
-        os.truncate(target, want.size)
+        _truncate(target, want.size)
         overlay.partials.truncated(target, want.size)
     if want.atime_ns is not None or want.mtime_ns is not None:
         _set_times(target, want.atime_ns, want.mtime_ns)
 
 
+def _is_symlink(path: bytes) -> bool:
+    try:
+        return stat.S_ISLNK(longpath.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _chmod(target: bytes | int, mode: int) -> None:
+    if isinstance(target, bytes):
+        longpath.chmod(target, mode)
+    else:
+        os.fchmod(target, mode)
+
+
+def _truncate(target: bytes | int, size: int) -> None:
+    if isinstance(target, bytes):
+        longpath.truncate(target, size)
+    else:
+        os.ftruncate(target, size)
+
+
 def _chown(target: bytes | int, uid: int, gid: int) -> None:
     if isinstance(target, bytes):
-        os.chown(target, uid, gid, follow_symlinks=False)
+        longpath.chown(target, uid, gid)
     else:
         os.fchown(target, uid, gid)
 
 
 def _set_times(target: bytes | int, atime_ns: int | None, mtime_ns: int | None) -> None:
-    cur = os.lstat(target) if isinstance(target, bytes) else os.fstat(target)
+    cur = longpath.lstat(target) if isinstance(target, bytes) else os.fstat(target)
     times = (
         cur.st_atime_ns if atime_ns is None else atime_ns,
         cur.st_mtime_ns if mtime_ns is None else mtime_ns,
     )
     if isinstance(target, bytes):
-        os.utime(target, ns=times, follow_symlinks=False)
+        longpath.utime(target, times)
     else:
         os.utime(target, ns=times)
 
@@ -95,11 +117,11 @@ def _user_name(overlay: Overlay, name: bytes) -> str:
 
 def get_xattr(overlay: Overlay, node: Node, name: bytes) -> bytes:
     path = overlay.real_path(node)
-    return os.getxattr(path, _user_name(overlay, name), follow_symlinks=False)
+    return longpath.getxattr(path, _user_name(overlay, name))
 
 
 def list_xattrs(overlay: Overlay, node: Node) -> list[bytes]:
-    names = os.listxattr(overlay.real_path(node), follow_symlinks=False)
+    names = longpath.listxattr(overlay.real_path(node))
     return [os.fsencode(n) for n in names if not overlay.names.is_private(n)]
 
 
@@ -107,7 +129,7 @@ async def set_xattr(overlay: Overlay, node: Node, name: bytes, value: bytes) -> 
     """Caller holds the lock."""
     text = _user_name(overlay, name)
     await copy_up(overlay, node)
-    os.setxattr(overlay.upper_path(node), text, value, follow_symlinks=False)
+    longpath.setxattr(overlay.upper_path(node), text, value)
 
 
 async def remove_xattr(overlay: Overlay, node: Node, name: bytes) -> None:
@@ -115,6 +137,6 @@ async def remove_xattr(overlay: Overlay, node: Node, name: bytes) -> None:
     text = _user_name(overlay, name)
     if not node.upper:
         # nothing to remove: fail without copying up, as overlayfs does
-        os.getxattr(overlay.lower_path(node), text, follow_symlinks=False)
+        longpath.getxattr(overlay.lower_path(node), text)
     await copy_up(overlay, node)
-    os.removexattr(overlay.upper_path(node), text, follow_symlinks=False)
+    longpath.removexattr(overlay.upper_path(node), text)

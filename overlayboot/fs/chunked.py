@@ -24,7 +24,7 @@ import errno
 import os
 import time
 
-from overlayboot.fs import sysio
+from overlayboot.fs import longpath, sysio
 from overlayboot.fs.chunkmap import (
     SAMPLE,
     ChunkMap,
@@ -51,7 +51,7 @@ def load_map(fd_or_path: int | bytes, name: str) -> ChunkMap | None:
         if isinstance(fd_or_path, int):
             raw = os.getxattr(fd_or_path, name)
         else:
-            raw = os.getxattr(fd_or_path, name, follow_symlinks=False)
+            raw = longpath.getxattr(fd_or_path, name)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP):
             return None
@@ -68,7 +68,7 @@ def lower_digest(fd: int, size: int) -> bytes:
 def open_lower(path: bytes, ident: LowerIdentity, *, check_digest: bool = True) -> int:
     """Open the lower file of a partial copy-up, checking it is the one it came from."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = longpath.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
         raise StaleLower(f"cannot open {os.fsdecode(path)}: {exc.strerror}") from None
     try:
@@ -92,7 +92,7 @@ def begin(
     ``ident`` without its digest (computed here). False when the map does not fit
     the upper's xattrs: the caller copies the file whole instead.
     """
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = longpath.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         digest = lower_digest(fd, st.st_size)
     finally:

@@ -20,6 +20,7 @@ from overlayboot.fs.chunkpolicy import FLAG_OPTIONS, VALUE_OPTIONS, CopyUpPolicy
 from overlayboot.fs.whiteout import XattrNames, default_namespace
 
 WORK_SUBDIR = "overlayboot"  # ours, beside the kernel's work/ and index/
+NO_PASSTHROUGH = "nopassthrough"  # -o flag: no FUSE passthrough (every read through the daemon)
 
 
 CACHE_FOREVER = 365 * 86400.0
@@ -42,6 +43,7 @@ class OverlayConfig:
     options: frozenset[str] = frozenset()
     copy_up: CopyUpPolicy = field(default_factory=CopyUpPolicy)
     seal_on_umount: bool = False  # make every partial copy-up whole at unmount
+    passthrough: bool = True  # FUSE passthrough for whole files, where kernel and libfuse allow
 
     @property
     def scratch(self) -> Path:
@@ -61,7 +63,7 @@ def parse_mount_options(opts: Iterable[str]) -> tuple[dict[str, str], frozenset[
                 if not sep or not value:
                     raise UsageError(f"option {key} needs a value: -o {key}=VALUE")
                 ours[key] = value
-            elif key in FLAG_OPTIONS and not sep:
+            elif key in (*FLAG_OPTIONS, NO_PASSTHROUGH) and not sep:
                 ours[key] = ""
             elif opt:
                 rest.add(opt)

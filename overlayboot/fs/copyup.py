@@ -18,6 +18,7 @@ import stat
 
 import trio
 
+from overlayboot.fs import longpath
 from overlayboot.fs.core import HardlinkMap, Overlay
 from overlayboot.fs.datacopy import copy_data
 from overlayboot.fs.inodes import Node
@@ -33,7 +34,7 @@ THREAD_COPY_MIN = 1 << 20  # copy files at least this large in a worker thread
 def copy_xattrs(src: bytes, dst: bytes, names: XattrNames) -> None:
     """Copy the user-visible xattrs (not the overlay's own) from src to dst."""
     try:
-        keys = os.listxattr(src, follow_symlinks=False)
+        keys = longpath.listxattr(src)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.ENODATA):
             return
@@ -42,8 +43,8 @@ def copy_xattrs(src: bytes, dst: bytes, names: XattrNames) -> None:
         if names.is_private(key):
             continue
         try:
-            value = os.getxattr(src, key, follow_symlinks=False)
-            os.setxattr(dst, key, value, follow_symlinks=False)
+            value = longpath.getxattr(src, key)
+            longpath.setxattr(dst, key, value)
         except OSError as exc:
             if exc.errno in (errno.ENOTSUP, errno.ENODATA):
                 continue
@@ -60,12 +61,12 @@ def set_metadata(
     chown clears setuid/setgid and ``security.capability``, so it comes first;
     times come last since setting xattrs changes none of them but writing would.
     """
-    os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    longpath.chown(path, st.st_uid, st.st_gid)
     if not stat.S_ISLNK(st.st_mode):
-        os.chmod(path, stat.S_IMODE(st.st_mode))
+        longpath.chmod(path, stat.S_IMODE(st.st_mode))
     copy_xattrs(src, path, names)
     set_origin(path, st, names, origin)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    longpath.utime(path, (st.st_atime_ns, st.st_mtime_ns))
 
 
 def set_origin(path: bytes, st: os.stat_result, names: XattrNames, origin: tuple[int, int]) -> None:
@@ -74,7 +75,7 @@ def set_origin(path: bytes, st: os.stat_result, names: XattrNames, origin: tuple
     without its origin (its inode number then comes from the upper, as kernel overlayfs'
     ``userxattr`` mode has no origin either)."""
     try:
-        os.setxattr(path, names.origin, encode_origin(*origin), follow_symlinks=False)
+        longpath.setxattr(path, names.origin, encode_origin(*origin))
     except PermissionError:
         if names.prefix != "user" or stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
             raise
@@ -89,10 +90,10 @@ class KeepTimes:
 
     def __init__(self, path: bytes) -> None:
         self.path = path
-        self.st = os.lstat(path)
+        self.st = longpath.lstat(path)
 
     def restore(self) -> None:
-        os.utime(self.path, ns=(self.st.st_atime_ns, self.st.st_mtime_ns), follow_symlinks=False)
+        longpath.utime(self.path, (self.st.st_atime_ns, self.st.st_mtime_ns))
 
 
 def remove_tmp(path: bytes) -> None:
@@ -100,7 +101,7 @@ def remove_tmp(path: bytes) -> None:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
-            os.unlink(path)
+            longpath.unlink(path)
     except FileNotFoundError:
         pass
 
@@ -125,7 +126,7 @@ async def build_copy(
     tmp = overlay.tmp_path()
     try:
         if stat.S_ISREG(mode):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = longpath.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 size = st.st_size if data else 0
                 if size and lower is not None and overlay.partials.start(fd, src, st, lower):
@@ -138,9 +139,9 @@ async def build_copy(
             finally:
                 os.close(fd)
         elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(src), tmp)
+            longpath.symlink(longpath.readlink(src), tmp)
         else:
-            os.mknod(tmp, mode, st.st_rdev)
+            longpath.mknod(tmp, mode, st.st_rdev)
         set_metadata(src, tmp, st, overlay.names, origin)
     except BaseException:
         remove_tmp(tmp)
@@ -165,13 +166,13 @@ async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
         node.upper = True
         return
     src = overlay.lower_path(node)
-    st = os.lstat(src)
+    st = longpath.lstat(src)
     idx, rel = node.lowers[0]
     lower_ino = overlay.layers[idx].lstat(rel).st_ino
     tmp = await build_copy(overlay, src, st, (idx, lower_ino), data=data, lower=(idx, rel))
     try:
         parent_times = KeepTimes(overlay.upper_path(parent))
-        os.rename(tmp, dst)
+        longpath.rename(tmp, dst)
     except BaseException:
         remove_tmp(tmp)
         raise
@@ -179,7 +180,7 @@ async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
     node.upper = True
     if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
         try:
-            os.link(dst, overlay.index_path(idx, lower_ino))
+            longpath.link(dst, overlay.index_path(idx, lower_ino))
         except FileExistsError:
             pass
         try:
@@ -188,13 +189,13 @@ async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)
         # the names left in the lower (under a renamed directory, say) still count, as
         # overlayfs' index=on counts them; each is linked up at its first lookup
-        linked = os.lstat(dst).st_nlink - 1  # the index entry is not a name
+        linked = longpath.lstat(dst).st_nlink - 1  # the index entry is not a name
         set_pending(dst, overlay.names, st.st_nlink - linked)
 
 
 def _upper_is_dir(path: bytes) -> bool:
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        return stat.S_ISDIR(longpath.lstat(path).st_mode)
     except OSError:
         return False
 
@@ -206,7 +207,7 @@ def scan_hardlinks(root: bytes) -> HardlinkMap:
         for name in files:
             path = os.path.join(dirpath, name)
             try:
-                st = os.lstat(path)
+                st = longpath.lstat(path)
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
@@ -236,7 +237,7 @@ async def link_siblings(overlay: Overlay, idx: int, ino: int, upper_file: bytes)
         if res is None or res.upper is not None or res.is_dir or res.lowers != ((idx, other),):
             continue  # that name is deleted, replaced or not the same file in the merged view
         times = KeepTimes(parent_upper[0])
-        os.link(upper_file, parent_upper[0] + b"/" + name)
+        longpath.link(upper_file, parent_upper[0] + b"/" + name)
         times.restore()
 
 
@@ -255,7 +256,7 @@ def link_pending(
         return res
     parent_upper = overlay.upper_path(parent)
     times = KeepTimes(parent_upper)
-    os.link(index, parent_upper + b"/" + name)
+    longpath.link(index, parent_upper + b"/" + name)
     times.restore()
     set_pending(index, overlay.names, get_pending(index, overlay.names) - 1)
     parent.upper = True
@@ -310,10 +311,10 @@ def ensure_upper_dirs(
         if res.upper is None:
             src_idx, src_rel = res.lowers[0]
             src = overlay.layers[src_idx].path(src_rel)
-            st = os.lstat(src)
+            st = longpath.lstat(src)
             tmp = copy_dir_sync(overlay, src, st, (src_idx, st.st_ino))
             times = KeepTimes(upper)
-            os.rename(tmp, child)
+            longpath.rename(tmp, child)
             times.restore()
             overlay.note_dir_copied_by_path()
         upper, lowers = child, res.lowers
@@ -326,7 +327,7 @@ def copy_dir_sync(
     """Build a copy of lower directory ``src`` (not its entries: they stay merged) in work."""
     tmp = overlay.tmp_path()
     try:
-        os.mkdir(tmp, 0o700)
+        longpath.mkdir(tmp, 0o700)
         set_metadata(src, tmp, st, overlay.names, origin)
     except BaseException:
         remove_tmp(tmp)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from overlayboot.fs import longpath
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.inodes import (
     REAL_MASK,
@@ -88,7 +89,7 @@ class Overlay:
         # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
         # unmounts what it can, and an idle lower or upper would go from under the root.
         self._pins = [
-            os.open(path, os.O_PATH | os.O_DIRECTORY)
+            longpath.open(path, os.O_PATH | os.O_DIRECTORY)
             for path in [
                 *(layer.root for layer in self.layers),
                 self.upper_root,
@@ -109,7 +110,7 @@ class Overlay:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     try:
-                        os.unlink(path)
+                        longpath.unlink(path)
                     except OSError:
                         pass
 
@@ -154,7 +155,7 @@ class Overlay:
         """``node.upper``, refreshed if a path-based copy-up may have created it."""
         if not node.upper and self.dirs_copied_by_path and node.is_dir:
             try:
-                if stat.S_ISDIR(os.lstat(self.upper_path(node)).st_mode):
+                if stat.S_ISDIR(longpath.lstat(self.upper_path(node)).st_mode):
                     node.upper = True
             except OSError:
                 pass
@@ -211,7 +212,7 @@ class Overlay:
         if st.st_nlink < 2 or not stat.S_ISREG(st.st_mode):
             return None
         index = self.index_path(idx, st.st_ino)
-        return index if os.path.lexists(index) else None
+        return index if longpath.exists(index) else None
 
     def refresh_node(self, node: Node, res: Resolved) -> None:
         """Record in ``node`` where it lives now, as a fresh lookup found it."""
@@ -238,7 +239,7 @@ class Overlay:
             return Stat(node.ino, node.removed_stat, 1 if node.lowers else 0)
         if node.upper:
             path = self.upper_path(node)
-            st = upper_st if upper_st is not None else os.lstat(path)
+            st = upper_st if upper_st is not None else longpath.lstat(path)
             blocks = self.partials.blocks(path, st)
         else:
             if not node.lowers:
@@ -250,7 +251,7 @@ class Overlay:
         if nlink > 1 and node.upper and not node.is_dir and 2 <= tag < 2 + len(self.layers):
             try:
                 index = self.index_path(tag - 2, node.ino & REAL_MASK)
-                ist = os.lstat(index)
+                ist = longpath.lstat(index)
                 if ist.st_ino == st.st_ino and ist.st_dev == st.st_dev:
                     # the index entry is not a name; lower names not linked up yet are
                     nlink += get_pending(index, self.names) - 1

@@ -189,6 +189,7 @@ async def _main_loop(
         if not as_root:
             nursery.start_soon(supervised, "signals", _unmount_on_signal, False)
         nursery.start_soon(supervised, "flusher", overlay.partials.flusher, True)
+        nursery.start_soon(supervised, "backing-closer", ops.close_backings, True)
         nursery.start_soon(
             supervised, "readahead", functools.partial(_widen_read_ahead, ops, mountpoint), False
         )

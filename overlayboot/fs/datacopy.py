@@ -9,12 +9,14 @@ from __future__ import annotations
 import errno
 import os
 
+from overlayboot.fs import longpath
+
 CHUNK = 1 << 20
 
 
 def copy_data(src: bytes, dst_fd: int, size: int) -> None:
     """Copy ``src`` into ``dst_fd`` keeping holes (SEEK_DATA/SEEK_HOLE)."""
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = longpath.open(src, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         copy_segments(fd, dst_fd, 0, size)
         os.ftruncate(dst_fd, size)

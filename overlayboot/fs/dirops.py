@@ -11,15 +11,16 @@ merged parent get ``overlay.opaque``.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import shutil
 import stat
 from collections.abc import Callable
 
-from overlayboot.fs import sysio
+from overlayboot.fs import longpath, sysio
 from overlayboot.fs.copyup import child, copy_up, remove_tmp, require_child
 from overlayboot.fs.core import Overlay
-from overlayboot.fs.inodes import Node
+from overlayboot.fs.inodes import TAG_UPPER, Node, make_ino
 from overlayboot.fs.lookup import lower_positive, upper_entry
 from overlayboot.fs.readdir import upper_whiteouts
 from overlayboot.fs.whiteout import (
@@ -46,7 +47,7 @@ def new_owner(
     overlay: Overlay, parent: Node, uid: int, gid: int, mode: int
 ) -> tuple[int, int, int]:
     """Owner and mode of a new object, with setgid-directory inheritance."""
-    pst = os.lstat(overlay.upper_path(parent))
+    pst = longpath.lstat(overlay.upper_path(parent))
     if pst.st_mode & stat.S_ISGID:
         gid = pst.st_gid
         if stat.S_ISDIR(mode):
@@ -83,17 +84,17 @@ async def install(
             # parent is opaque, so lookups below it never descend into the lower layers
             set_opaque(tmp, overlay.names)
         if existing is None:
-            sysio.renameat2(tmp, upath, sysio.RENAME_NOREPLACE)
+            longpath.rename(tmp, upath, sysio.RENAME_NOREPLACE)
         elif is_dir:
             set_opaque(tmp, overlay.names)  # over a whiteout: always opaque
-            sysio.renameat2(tmp, upath, sysio.RENAME_EXCHANGE)
-            os.unlink(tmp)
+            longpath.rename(tmp, upath, sysio.RENAME_EXCHANGE)
+            longpath.unlink(tmp)
         else:
-            os.rename(tmp, upath)
+            longpath.rename(tmp, upath)
     except BaseException:
         remove_tmp(tmp)
         raise
-    return os.lstat(upath)
+    return longpath.lstat(upath)
 
 
 async def create(
@@ -118,23 +119,23 @@ def device_builder(rdev: int) -> Builder:
     def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
         if stat.S_ISCHR(mode) and rdev == WHITEOUT_DEV:
             raise OSError(errno.EPERM, "a whiteout cannot be created through the overlay")
-        os.mknod(tmp, mode, rdev)
-        os.chown(tmp, uid, gid)
-        os.chmod(tmp, stat.S_IMODE(mode))
+        longpath.mknod(tmp, mode, rdev)
+        longpath.chown(tmp, uid, gid)
+        longpath.chmod(tmp, stat.S_IMODE(mode))
 
     return build
 
 
 def build_dir(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-    os.mkdir(tmp, 0o700)
-    os.chown(tmp, uid, gid)
-    os.chmod(tmp, stat.S_IMODE(mode))
+    longpath.mkdir(tmp, 0o700)
+    longpath.chown(tmp, uid, gid)
+    longpath.chmod(tmp, stat.S_IMODE(mode))
 
 
 def symlink_builder(target: bytes) -> Builder:
     def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-        os.symlink(target, tmp)
-        os.chown(tmp, uid, gid, follow_symlinks=False)
+        longpath.symlink(target, tmp)
+        longpath.chown(tmp, uid, gid)
 
     return build
 
@@ -143,7 +144,7 @@ def file_builder(opened: list[int]) -> Builder:
     """A regular file, left open read-write: its fd is appended to ``opened``."""
 
     def build(tmp: bytes, mode: int, uid: int, gid: int) -> None:
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = longpath.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         opened.append(fd)
         os.fchown(fd, uid, gid)
         os.fchmod(fd, stat.S_IMODE(mode))
@@ -151,14 +152,43 @@ def file_builder(opened: list[int]) -> Builder:
     return build
 
 
-async def link(overlay: Overlay, node: Node, parent: Node, name: bytes) -> None:
+async def tmpfile(
+    overlay: Overlay, parent: Node, mode: int, flags: int, owner: tuple[int, int]
+) -> tuple[Node, int]:
+    """An unnamed regular file in ``parent`` (``open(2)`` with ``O_TMPFILE``), made in
+    the upper directory as kernel overlayfs makes it, open read-write: (its node, the
+    fd). ``O_EXCL`` keeps it from ever being linked. Caller holds the lock."""
+    await copy_up(overlay, parent)
+    uid, gid, mode = new_owner(overlay, parent, owner[0], owner[1], stat.S_IFREG | mode)
+    extra = os.O_EXCL if flags & os.O_EXCL else 0
+    fd = longpath.open(overlay.upper_path(parent), os.O_TMPFILE | os.O_RDWR | extra, 0o600)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, stat.S_IMODE(mode))
+        node = overlay.table.unnamed(make_ino(TAG_UPPER, os.fstat(fd).st_ino))
+        node.upper = True
+    except BaseException:
+        os.close(fd)
+        raise
+    return node, fd
+
+
+async def link(
+    overlay: Overlay, node: Node, parent: Node, name: bytes, open_fd: int | None = None
+) -> None:
+    """A new name for ``node``; one with no name yet (an ``O_TMPFILE`` file) is linked
+    from ``open_fd``, a file of it open on the upper."""
     if node.is_dir:
         raise OSError(errno.EPERM, "hard link to a directory")
     await copy_up(overlay, node)
-    src = overlay.upper_path(node)
-
-    def make(tmp: bytes) -> None:
-        os.link(src, tmp)
+    make: Callable[[bytes], None]
+    if node.path() is not None:
+        src = overlay.upper_path(node)
+        make = functools.partial(longpath.link, src)
+    elif open_fd is not None:
+        make = functools.partial(sysio.link_open_file, open_fd)
+    else:
+        raise OSError(errno.ENOENT, "no name and not open")
 
     await install(overlay, parent, name, make, is_dir=False)
     overlay.table.add_name(node, parent, name)
@@ -169,7 +199,7 @@ def _whiteout_in_place(overlay: Overlay, upath: bytes) -> bytes:
     wh = overlay.tmp_path()
     make_whiteout(wh)
     try:
-        sysio.renameat2(wh, upath, sysio.RENAME_EXCHANGE)
+        longpath.rename(wh, upath, sysio.RENAME_EXCHANGE)
     except BaseException:
         remove_tmp(wh)
         raise
@@ -185,11 +215,11 @@ async def unlink(overlay: Overlay, parent: Node, name: bytes) -> Node:
     upath = overlay.upper_child(parent, name)
     positive = is_lower_positive(overlay, parent, name)
     if node.upper:
-        last = os.lstat(upath).st_nlink <= 1
+        last = longpath.lstat(upath).st_nlink <= 1
         if positive:
             remove_tmp(_whiteout_in_place(overlay, upath))
         else:
-            os.unlink(upath)
+            longpath.unlink(upath)
         node.dead = node.dead or last
     else:
         make_whiteout(upath)
@@ -206,13 +236,13 @@ async def rmdir(overlay: Overlay, parent: Node, name: bytes) -> Node:
     await copy_up(overlay, parent)
     upath = overlay.upper_child(parent, name)
     positive = is_lower_positive(overlay, parent, name)
-    node.removed_stat = os.lstat(overlay.real_path(node))  # an open fd's fstat shows it after
+    node.removed_stat = longpath.lstat(overlay.real_path(node))  # an open fd's fstat shows it after
     if node.upper:
         if positive:
             shutil.rmtree(_whiteout_in_place(overlay, upath))
         else:
             _clear_whiteouts(upath)
-            os.rmdir(upath)
+            longpath.rmdir(upath)
         node.dead = True
     else:
         make_whiteout(upath)
@@ -237,21 +267,21 @@ async def _copy_up_if_linked(overlay: Overlay, node: Node) -> None:
 
 def _clear_whiteouts(upath: bytes) -> None:
     for wname in upper_whiteouts(upath):
-        os.unlink(upath + b"/" + wname)
+        longpath.unlink(upath + b"/" + wname)
 
 
 def _replace_with_empty_dir(overlay: Overlay, upath: bytes) -> None:
     """Swap an upper dir holding only whiteouts for an empty opaque one, atomically."""
     if not upper_whiteouts(upath):
         return
-    st = os.lstat(upath)
+    st = longpath.lstat(upath)
     tmp = overlay.tmp_path()
-    os.mkdir(tmp, 0o700)
+    longpath.mkdir(tmp, 0o700)
     try:
         set_opaque(tmp, overlay.names)
-        os.chown(tmp, st.st_uid, st.st_gid)
-        os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        sysio.renameat2(tmp, upath, sysio.RENAME_EXCHANGE)
+        longpath.chown(tmp, st.st_uid, st.st_gid)
+        longpath.chmod(tmp, stat.S_IMODE(st.st_mode))
+        longpath.rename(tmp, upath, sysio.RENAME_EXCHANGE)
     except BaseException:
         remove_tmp(tmp)
         raise
@@ -317,13 +347,15 @@ async def rename(
     if new is not None and exchange:
         if new.is_dir:
             _mark_moved_dir(overlay, new, new_up, samedir, newname, oldp)
-        sysio.renameat2(old_up, new_up, sysio.RENAME_EXCHANGE)
+        longpath.rename(old_up, new_up, sysio.RENAME_EXCHANGE)
         overlay.table.move_name(old, (oldp, oldname), (newp, b"\0exchange"))
         overlay.table.move_name(new, (newp, newname), (oldp, oldname))
         overlay.table.move_name(old, (newp, b"\0exchange"), (newp, newname))
         return
     if new is not None and new.is_dir:
-        new.removed_stat = os.lstat(overlay.real_path(new))  # an open fd's fstat shows it after
+        new.removed_stat = longpath.lstat(
+            overlay.real_path(new)
+        )  # an open fd's fstat shows it after
     replaced_last = _move(overlay, old, new, (oldp, oldname, old_up), new_up)
     if new is not None:
         overlay.table.remove_name(new, newp, newname)
@@ -350,13 +382,13 @@ def _move(
     if target is not None and is_whiteout_stat(target) and old.is_dir:
         # a directory cannot be renamed over a whiteout: exchange, then the whiteout
         # is at the old name, where it is needed if a lower layer shows that name
-        sysio.renameat2(old_up, new_up, sysio.RENAME_EXCHANGE)
+        longpath.rename(old_up, new_up, sysio.RENAME_EXCHANGE)
         if not positive:
-            os.unlink(old_up)
+            longpath.unlink(old_up)
     elif positive:
         _rename_leaving_whiteout(overlay, old_up, new_up)
     else:
-        os.rename(old_up, new_up)
+        longpath.rename(old_up, new_up)
     return replaced_last
 
 
@@ -368,7 +400,7 @@ def _rename_leaving_whiteout(overlay: Overlay, old_up: bytes, new_up: bytes) -> 
     renames: a crash between them shows the lower object at the old name again, and
     never loses the moved entry."""
     try:
-        sysio.renameat2(old_up, new_up, sysio.RENAME_WHITEOUT)
+        longpath.rename(old_up, new_up, sysio.RENAME_WHITEOUT)
         return
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.EPERM):
@@ -376,8 +408,8 @@ def _rename_leaving_whiteout(overlay: Overlay, old_up: bytes, new_up: bytes) -> 
     wh = overlay.tmp_path()
     make_whiteout(wh)
     try:
-        os.rename(old_up, new_up)
-        os.rename(wh, old_up)
+        longpath.rename(old_up, new_up)
+        longpath.rename(wh, old_up)
     except BaseException:
         remove_tmp(wh)
         raise

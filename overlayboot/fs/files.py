@@ -5,6 +5,16 @@ opened for writing (or with ``O_TRUNC``) copies the node up first. One opened
 read-only on the lower that is copied up meanwhile (by a writer) reads the upper
 copy from its next read on, as kernel overlayfs does. A partial copy-up is read
 and written through its :class:`ChunkedFile` (``partials``).
+
+With FUSE passthrough (``passthrough``) a whole file is bound to its fd's file, and
+the kernel inode keeps that backing file while any file of it is open. So a file
+opened read-only on the lower keeps reading the lower after a copy-up (as a mapping
+does on kernel overlayfs, and as read(2) did before Linux 4.19), and the copy-up
+itself cannot use that inode: an open for writing (or ``O_TRUNC``, or a truncate)
+of an inode bound to its lower file gives the node a new inode number and answers
+ESTALE, on which the kernel looks the path up again (``LOOKUP_REVAL``) and opens
+the new inode. ``stat`` shows the old number for both (``shown_ino``), as kernel
+overlayfs, which has one inode, would.
 """
 
 from __future__ import annotations
@@ -16,10 +26,12 @@ import logging
 import os
 from dataclasses import dataclass
 
+from overlayboot.fs import longpath
 from overlayboot.fs.chunked import ChunkedFile
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.inodes import Node
+from overlayboot.fs.passthrough import Bindings
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +44,7 @@ class FileHandle:
     """An open file: its real fd, and whether that fd is on the upper layer.
 
     ``partial``: the file is a partial copy-up, read and written through it.
+    ``backing_id``: > 0 when the kernel reads and writes ``fd``'s file itself.
     """
 
     node: Node
@@ -40,6 +53,7 @@ class FileHandle:
     writable: bool
     partial: ChunkedFile | None = None
     sync: bool = False
+    backing_id: int = 0
 
 
 class OpenFiles:
@@ -51,19 +65,46 @@ class OpenFiles:
         self._numbers = itertools.count(1)
         # with noatime, reads through the daemon leave the upper files' atime alone
         self.read_flags = os.O_NOATIME if "noatime" in overlay.cfg.options else 0
+        self.bindings = Bindings()  # its kernel is set once INIT agreed to passthrough
+        # FUSE inode number -> the st_ino stat shows for it, where they differ (check_writable)
+        self.shown_ino: dict[int, int] = {}
 
     def new_number(self) -> int:
         return next(self._numbers)
 
     def add(self, handle: FileHandle) -> int:
+        """Register an open file (closing its fd if the kernel inode cannot take it)."""
+        try:
+            # the kernel opens the backing file anew, without O_NOATIME: with noatime,
+            # reads of upper files stay with the daemon (lower files are not written)
+            handle.backing_id = self.bindings.attach(
+                handle.node.ino,
+                handle.fd,
+                upper=handle.upper,
+                whole=handle.partial is None,
+                bind=not (handle.upper and self.read_flags),
+            )
+        except BaseException:
+            if handle.fd >= 0:
+                os.close(handle.fd)
+            raise
+        if handle.backing_id and not handle.upper and handle.fd >= 0:
+            os.close(handle.fd)  # the kernel holds the lower file now
+            handle.fd = -1
         number = self.new_number()
         self.handles[number] = handle
         handle.node.handles += 1
         return number
 
+    def backing_id(self, number: int) -> int:
+        """The backing id for the open reply of handle ``number`` (0: none)."""
+        return self.handles[number].backing_id
+
     def of_node(self, node: Node, *, upper: bool | None = None) -> FileHandle | None:
         """An open handle of ``node`` (on the upper if ``upper``), if any."""
         for handle in self.handles.values():
+            if handle.fd < 0:
+                continue  # a lower file the kernel reads through its backing file
             if handle.node is node and (upper is None or handle.upper == upper):
                 return handle
         return None
@@ -77,6 +118,8 @@ class OpenFiles:
             raise OSError(errno.EISDIR, "is a directory")
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         trunc = bool(flags & os.O_TRUNC)
+        if writable or trunc:
+            self.check_writable(node)
         if (writable or trunc) and not node.upper:
             async with overlay.lock:
                 await copy_up(overlay, node, data=not trunc)
@@ -89,21 +132,41 @@ class OpenFiles:
             path = overlay.upper_path(node)
             fd = self._open_real(path, mode | extra)
             partial = self._partial_of(fd, path)
+        elif self.bindings.has_backing(node.ino, upper=False):
+            fd = -1  # the kernel reads its backing file: the daemon needs no fd
         else:
-            fd = os.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
+            fd = longpath.open(overlay.lower_path(node), os.O_RDONLY | os.O_NOFOLLOW)
         return self.add(FileHandle(node, fd, node.upper, writable, partial, bool(extra)))
 
     def adopt_created(self, node: Node, fd: int) -> int:
         """A file ``dirops.create_file`` just made, open read-write on the upper."""
         return self.add(FileHandle(node, fd, True, True))
 
+    def check_writable(self, node: Node) -> None:
+        """Before ``node``'s data change: if its kernel inode is bound to the lower file,
+        give the node a new inode and make the kernel look it up again (ESTALE)."""
+        if not self.bindings.bound_to_lower(node.ino):
+            return
+        table = self.overlay.table
+        new_ino = table.dynamic_ino()
+        # the numbers lookups compute for this file now lead to the new node
+        for raw, ino in list(table.overrides.items()):
+            if ino == node.ino:
+                table.overrides[raw] = new_ino
+        table.overrides.setdefault(node.ino, new_ino)
+        self.shown_ino[new_ino] = self.shown_ino.get(node.ino, node.ino)
+        for parent, name in list(node.names()):
+            table.remove_name(node, parent, name)
+        log.debug("inode %#x bound to its lower file: %#x for the copy-up", node.ino, new_ino)
+        raise OSError(errno.ESTALE, "the file is open on its lower layer: look it up again")
+
     def _open_real(self, path: bytes, flags: int) -> int:
         try:
-            return os.open(path, flags | os.O_NOFOLLOW)
+            return longpath.open(path, flags | os.O_NOFOLLOW)
         except PermissionError:
             if not flags & os.O_NOATIME:
                 raise
-            return os.open(path, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW)  # not the owner
+            return longpath.open(path, (flags & ~os.O_NOATIME) | os.O_NOFOLLOW)  # not the owner
 
     def _partial_of(self, fd: int, path: bytes) -> ChunkedFile | None:
         """The partial copy-up behind ``fd``, an upper file just opened (closed on failure)."""
@@ -120,7 +183,7 @@ class OpenFiles:
         handle = self.handles.get(number)
         if handle is None:
             raise OSError(errno.EBADF, "no such file handle")
-        if not handle.upper and handle.node.upper:
+        if not handle.upper and handle.node.upper and not handle.backing_id:
             self._move_to_upper(handle)
         return handle
 
@@ -170,12 +233,20 @@ class OpenFiles:
             return
         try:
             handle.node.handles -= 1
+            self.bindings.detach(handle.node.ino)
             self.overlay.table.forget(handle.node.ino, 0)
+            self.forgotten(handle.node.ino)
             if handle.partial is not None:
                 self.overlay.partials.release(handle.partial)
         finally:
-            with contextlib.suppress(OSError):
-                os.close(handle.fd)
+            if handle.fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(handle.fd)
+
+    def forgotten(self, ino: int) -> None:
+        """The kernel forgot ``ino`` (no node left): its idle binding goes too."""
+        if self.overlay.table.get(ino) is None:
+            self.bindings.drop(ino)
 
 
 def _share(partial: ChunkedFile | None) -> ChunkedFile | None:

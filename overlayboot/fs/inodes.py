@@ -152,6 +152,15 @@ class InodeTable:
 
     def node_for(self, ino: int, is_dir: bool, parent: Node, name: bytes) -> Node:
         """The node with ``ino``, created if needed, known under ``parent/name``."""
+        node = self._node(ino, is_dir)
+        self.add_name(node, parent, name)
+        return node
+
+    def unnamed(self, ino: int) -> Node:
+        """A new regular file with no name yet (``open(2)`` with ``O_TMPFILE``)."""
+        return self._node(ino, False)
+
+    def _node(self, ino: int, is_dir: bool) -> Node:
         ino = self.overrides.get(ino, ino)
         node = self.nodes.get(ino)
         if node is not None and (node.dead or node.is_dir != is_dir):
@@ -164,7 +173,6 @@ class InodeTable:
         if node is None:
             node = Node(ino, is_dir)
             self.nodes[ino] = node
-        self.add_name(node, parent, name)
         return node
 
     def add_name(self, node: Node, parent: Node, name: bytes) -> None:

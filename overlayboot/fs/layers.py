@@ -12,6 +12,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from overlayboot.fs import longpath
 from overlayboot.fs.whiteout import (
     LEGACY_OPAQUE,
     LEGACY_PREFIX,
@@ -76,20 +77,28 @@ class LowerLayer:
     def _read(self, rel: bytes) -> Listing | None:
         path = self.path(rel)
         try:
-            st = os.lstat(path)
+            st = longpath.lstat(path)
         except OSError:
             return None
         if not stat.S_ISDIR(st.st_mode):
             return None
         opq = opaque_value(path, self.names)
+        try:
+            entries, whiteouts, legacy_opaque = self._scan(path, opq)
+        except OSError:
+            return Listing({}, frozenset(), opq == b"y", None)
+        opaque = opq == b"y" or legacy_opaque
+        for name in whiteouts:
+            entries.pop(name, None)
+        redirect = get_redirect(path, self.names) if rel else None
+        return Listing(entries, frozenset(whiteouts), opaque, redirect)
+
+    def _scan(self, path: bytes, opq: bytes | None) -> tuple[dict[bytes, bool], set[bytes], bool]:
+        """(entries: name -> is a directory, whiteouts, a legacy opaque marker seen)."""
         entries: dict[bytes, bool] = {}
         whiteouts: set[bytes] = set()
-        opaque = opq == b"y"
-        try:
-            it = os.scandir(path)
-        except OSError:
-            return Listing({}, frozenset(), opaque, None)
-        with it:
+        opaque = False
+        with longpath.scandir(path) as it:
             for ent in it:
                 name = os.fsencode(ent.name)
                 if name.startswith(LEGACY_PREFIX):
@@ -104,7 +113,7 @@ class LowerLayer:
                         continue
                     if ent.is_file(follow_symlinks=False) and opq == b"x":
                         est = ent.stat(follow_symlinks=False)
-                        if is_xattr_whiteout(os.fsencode(ent.path), est, self.names):
+                        if is_xattr_whiteout(path + b"/" + name, est, self.names):
                             whiteouts.add(name)
                             continue
                     elif not ent.is_file(follow_symlinks=False) and not ent.is_symlink():
@@ -115,16 +124,13 @@ class LowerLayer:
                 except OSError:
                     continue
                 entries[name] = False
-        for name in whiteouts:
-            entries.pop(name, None)
-        redirect = get_redirect(path, self.names) if rel else None
-        return Listing(entries, frozenset(whiteouts), opaque, redirect)
+        return entries, whiteouts, opaque
 
     def lstat(self, rel: bytes) -> os.stat_result:
         """lstat of a lower object, read once: a lower layer does not change."""
         st = self._stats.get(rel)
         if st is None:
-            st = os.lstat(self.path(rel))
+            st = longpath.lstat(self.path(rel))
             if len(self._stats) > STAT_CACHE_MAX:
                 self._stats.clear()
             self._stats[rel] = st

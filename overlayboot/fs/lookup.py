@@ -14,6 +14,7 @@ import stat
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from overlayboot.fs import longpath
 from overlayboot.fs.layers import LowerLayer, join, split
 from overlayboot.fs.whiteout import XattrNames, get_redirect, is_opaque_dir, is_whiteout_stat
 
@@ -38,7 +39,7 @@ class Resolved(NamedTuple):
 def upper_entry(path: bytes) -> os.stat_result | None:
     """lstat of an upper path, None if absent."""
     try:
-        return os.lstat(path)
+        return longpath.lstat(path)
     except FileNotFoundError:
         return None
     except NotADirectoryError:

@@ -23,11 +23,12 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from overlayboot.fs import attrs, dirops
+from overlayboot.fs import attrs, dirops, longpath
 from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
 from overlayboot.fs.files import OpenFiles
 from overlayboot.fs.inodes import Node
+from overlayboot.fs.newfile import create_in_place
 
 log = logging.getLogger("overlayboot.fs")
 
@@ -71,6 +72,32 @@ class DirHandle:
     names: list[bytes] | None = None
 
 
+PASSTHROUGH = hasattr(pyfuse3, "passthrough_open")
+"""Whether this pyfuse3 can bind open files to backing files (FUSE passthrough: the build the
+Makefile makes, against libfuse 3.17, does; see third_party/pyfuse3)."""
+
+
+STAT_INO = hasattr(pyfuse3.EntryAttributes, "stat_ino")
+"""Whether replies can show an st_ino other than the FUSE inode number (same build)."""
+
+
+class _KernelBacking:
+    """Backing files registered through pyfuse3 (``passthrough.Kernel``)."""
+
+    def open_backing(self, fd: int) -> int:
+        return int(pyfuse3.passthrough_open(fd))
+
+    def close_backing(self, backing_id: int) -> None:
+        pyfuse3.passthrough_close(backing_id)
+
+
+def file_info(fh: int, backing_id: int) -> pyfuse3.FileInfo:
+    """The open reply: kept page cache, or a backing file (the two exclude each other)."""
+    if backing_id:
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False, backing_id=backing_id)
+    return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+
 class OverlayOperations(pyfuse3.Operations):
     """pyfuse3 handlers over an :class:`Overlay`."""
 
@@ -86,9 +113,34 @@ class OverlayOperations(pyfuse3.Operations):
         self.timeout = overlay.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
+        self._closer_wanted = trio.Event()  # backing ids wait to be closed
+        # asked for at INIT (pyfuse3 reads it there); the kernel may still say no
+        self.enable_passthrough = PASSTHROUGH and overlay.cfg.passthrough
 
     def init(self) -> None:
+        if self.enable_passthrough and pyfuse3.passthrough_enabled():
+            self.files.bindings.kernel = _KernelBacking()
+            self.files.bindings.wake = self._wake_closer
+        log.info("FUSE passthrough %s", "on" if self.files.bindings.enabled else "off")
         self.initialized.set()
+
+    def _wake_closer(self) -> None:
+        self._closer_wanted.set()
+
+    async def close_backings(self) -> None:
+        """Close dropped backing ids in batches, between requests (``passthrough``):
+        runs for the daemon's life."""
+        bindings = self.files.bindings
+        while True:
+            await self._closer_wanted.wait()
+            self._closer_wanted = trio.Event()
+            while bindings.close_pending():
+                await trio.sleep(0)
+
+    @property
+    def passthrough(self) -> bool:
+        """Whether open files may be bound to backing files (INIT agreed, not given up)."""
+        return self.files.bindings.enabled
 
     # ------------------------------------------------------------ replies
 
@@ -99,16 +151,24 @@ class OverlayOperations(pyfuse3.Operations):
             if exc.errno != errno.ENOENT:
                 raise
             handle = self.files.of_node(node)
-            if handle is None:
-                raise
-            st = os.fstat(handle.fd)  # unlinked, still open
-            return Stat(node.ino, st, st.st_nlink)
+            if handle is not None:
+                st = os.fstat(handle.fd)  # unlinked, still open
+                return Stat(node.ino, st, st.st_nlink)
+            if node.handles and node.lowers:
+                # open only on its lower file, bound to it (passthrough): that file is it
+                idx, rel = node.lowers[0]
+                st = self.overlay.layers[idx].lstat(rel)
+                return Stat(node.ino, st, st.st_nlink)
+            raise
 
     def _entry(self, node: Node, upper_st: os.stat_result | None = None) -> pyfuse3.EntryAttributes:
         found = self._attributes(node, upper_st)
         st = found.st
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
+        shown = self.files.shown_ino.get(node.ino)
+        if shown is not None and STAT_INO:
+            e.stat_ino = shown  # a file given a new inode for its copy-up (files)
         e.generation = 0
         e.entry_timeout = self.timeout
         e.attr_timeout = self.timeout
@@ -159,6 +219,7 @@ class OverlayOperations(pyfuse3.Operations):
         for ino, count in inode_list:
             try:
                 self.overlay.table.forget(ino, count)
+                self.files.forgotten(ino)
             except Exception:
                 log.exception("INTERNAL: forget(%#x, %d)", ino, count)
 
@@ -188,6 +249,8 @@ class OverlayOperations(pyfuse3.Operations):
             return self._entry(node)
         handle = self.files.handles.get(fh) if fh is not None else None
         upper_fd = handle.fd if handle is not None and handle.upper else None
+        if want.size is not None and (handle is None or not handle.writable):
+            self.files.check_writable(node)  # a truncate changes the data
         async with self.overlay.lock:
             writable = handle is not None and handle.writable
             await attrs.change(self.overlay, node, want, upper_fd, writable)
@@ -195,7 +258,7 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return os.readlink(self.overlay.real_path(self.overlay.node(inode)))
+        return longpath.readlink(self.overlay.real_path(self.overlay.node(inode)))
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -258,6 +321,9 @@ class OverlayOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        made = await self._create_in_place(parent_inode, name, mode, ctx)
+        if made is not None:
+            return made
         opened: list[int] = []
         build = dirops.file_builder(opened)
         try:
@@ -271,7 +337,26 @@ class OverlayOperations(pyfuse3.Operations):
                 raise
             return await self._open_existing(parent_inode, name, flags)
         fh = self.files.adopt_created(node, opened[0])
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry
+        return file_info(fh, self.files.backing_id(fh)), entry
+
+    async def _create_in_place(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes] | None:
+        """``create`` in a directory with no lower part (``newfile``); None: not there."""
+        overlay = self.overlay
+        parent = overlay.node(parent_inode)
+        async with overlay.lock:
+            made = create_in_place(overlay, parent, name, stat.S_IFREG | mode, (ctx.uid, ctx.gid))
+            if made is None:
+                return None
+            node, st, fd = made
+            try:
+                entry = self._lookup_ref(node, st)
+            except BaseException:
+                os.close(fd)
+                raise
+        fh = self.files.adopt_created(node, fd)
+        return file_info(fh, self.files.backing_id(fh)), entry
 
     async def _open_existing(
         self, parent_inode: int, name: bytes, flags: int
@@ -280,7 +365,19 @@ class OverlayOperations(pyfuse3.Operations):
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         fh = await self.files.open(node, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True), self._lookup_ref(node)
+        return file_info(fh, self.files.backing_id(fh)), self._lookup_ref(node)
+
+    @guarded
+    async def tmpfile(
+        self, parent_inode: int, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """``open(2)`` with ``O_TMPFILE`` (pyfuse3's patch, libfuse 3.15+)."""
+        overlay = self.overlay
+        parent = overlay.node(parent_inode)
+        async with overlay.lock:
+            node, fd = await dirops.tmpfile(overlay, parent, mode, flags, (ctx.uid, ctx.gid))
+        fh = self.files.adopt_created(node, fd)
+        return file_info(fh, self.files.backing_id(fh)), self._lookup_ref(node)
 
     @guarded
     async def link(
@@ -289,8 +386,9 @@ class OverlayOperations(pyfuse3.Operations):
         overlay = self.overlay
         node = overlay.node(inode)
         parent = overlay.node(new_parent_inode)
+        handle = self.files.of_node(node, upper=True)  # an O_TMPFILE file has only this
         async with overlay.lock:
-            await dirops.link(overlay, node, parent, new_name)
+            await dirops.link(overlay, node, parent, new_name, handle.fd if handle else None)
             return self._lookup_ref(node)
 
     # ------------------------------------------------------------ removing and renaming
@@ -328,7 +426,7 @@ class OverlayOperations(pyfuse3.Operations):
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh = await self.files.open(self.overlay.node(inode), flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return file_info(fh, self.files.backing_id(fh))
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -409,7 +507,7 @@ class OverlayOperations(pyfuse3.Operations):
         listing = self.dirs.get(fh)
         if listing is None or not listing.node.upper:
             return
-        fd = os.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
+        fd = longpath.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:

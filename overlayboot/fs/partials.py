@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import trio
 
-from overlayboot.fs import chunked
+from overlayboot.fs import chunked, longpath
 from overlayboot.fs.chunkmap import ChunkMap, LowerIdentity, MapError
 from overlayboot.fs.chunkpolicy import CopyUpPolicy
 from overlayboot.fs.layers import LowerLayer
@@ -145,7 +145,7 @@ class PartialCopyUps:
 
     def truncated(self, target: bytes | int, size: int) -> None:
         """After a truncate of an upper file (by path or through an open fd)."""
-        st = os.fstat(target) if isinstance(target, int) else os.lstat(target)
+        st = os.fstat(target) if isinstance(target, int) else longpath.lstat(target)
         if not stat.S_ISREG(st.st_mode):
             return
         p = self.open.get(st.st_ino)
@@ -154,7 +154,7 @@ class PartialCopyUps:
             return
         if isinstance(target, int):
             return  # an open handle would have the file in self.open if it were partial
-        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = longpath.open(target, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             q = self.acquire(fd, target)
             if q is not None:
@@ -239,7 +239,7 @@ class PartialCopyUps:
 def _reopen(fd: int, path: bytes, st: os.stat_result) -> int:
     """An fd of our own on the same upper file, writable when we may (for sealing)."""
     try:
-        own = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        own = longpath.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except OSError:
         return os.dup(fd)
     if os.fstat(own).st_ino != st.st_ino:

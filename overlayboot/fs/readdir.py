@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from overlayboot.fs import longpath
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import LowerRef
 from overlayboot.fs.whiteout import is_whiteout_stat
@@ -18,7 +19,7 @@ def upper_listing(path: bytes) -> tuple[list[bytes], set[bytes]]:
     """(visible names, whited-out names) of one upper directory."""
     visible: list[bytes] = []
     hidden: set[bytes] = set()
-    with os.scandir(path) as it:
+    with longpath.scandir(path) as it:
         for ent in it:
             name = os.fsencode(ent.name)
             try:

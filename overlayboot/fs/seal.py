@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from overlayboot.fs import chunked
+from overlayboot.fs import chunked, longpath
 from overlayboot.fs.chunkmap import ChunkMap, MapError
 from overlayboot.fs.whiteout import XattrNames
 
@@ -42,20 +42,21 @@ def partial_files(upper: bytes, spaces: Sequence[XattrNames]) -> Iterator[tuple[
     stack = [upper]
     while stack:
         d = stack.pop()
-        with os.scandir(d) as it:
+        with longpath.scandir(d) as it:
             entries = sorted(it, key=lambda e: e.name)
         for ent in entries:
+            path = d + b"/" + ent.name  # not ent.path: a bare name past PATH_MAX
             if ent.is_dir(follow_symlinks=False):
-                stack.append(ent.path)
+                stack.append(path)
             elif ent.is_file(follow_symlinks=False):
                 for ns in spaces:
                     try:
-                        os.getxattr(ent.path, ns.chunks, follow_symlinks=False)
+                        longpath.getxattr(path, ns.chunks)
                     except OSError as exc:
                         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
                             continue
                         raise
-                    yield ent.path, ns.chunks
+                    yield path, ns.chunks
                     break
 
 
@@ -75,7 +76,7 @@ def examine(
     path: bytes, rel: bytes, name: str, lowers: Sequence[bytes] | None, *, seal: bool = False
 ) -> Finding:
     """Check one partial file (its map decodes, its lower is there and unchanged); seal it."""
-    size = os.lstat(path).st_size
+    size = longpath.lstat(path).st_size
     try:
         cmap = chunked.load_map(path, name)
     except MapError as exc:
@@ -97,7 +98,7 @@ def examine(
             os.close(lower_fd)
         return Finding(rel, size, cmap, low)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        fd = longpath.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except BaseException:
         if lower_fd >= 0:
             os.close(lower_fd)

@@ -1,4 +1,5 @@
-"""System calls the Python standard library lacks: renameat2, a d_type probe, hole punching."""
+"""System calls the Python standard library lacks: renameat2, linkat of an open file, a
+d_type probe, hole punching."""
 
 from __future__ import annotations
 
@@ -20,11 +21,35 @@ _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_cha
 _renameat2.restype = ctypes.c_int
 
 
-def renameat2(old: bytes, new: bytes, flags: int = 0) -> None:
-    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT)."""
-    if _renameat2(AT_FDCWD, old, AT_FDCWD, new, flags) != 0:
+def renameat2(
+    old: bytes, new: bytes, flags: int = 0, old_dir: int = AT_FDCWD, new_dir: int = AT_FDCWD
+) -> None:
+    """rename(2) with flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT), each
+    name relative to its directory fd (or the working directory)."""
+    if _renameat2(old_dir, old, new_dir, new, flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old, None, new)
+
+
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
+_linkat = _libc.linkat
+_linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+_linkat.restype = ctypes.c_int
+
+
+def link_open_file(fd: int, new: bytes) -> None:
+    """Give the file open on ``fd`` the name ``new`` (an ``O_TMPFILE`` file): linkat(2)
+    with ``AT_EMPTY_PATH`` (CAP_DAC_READ_SEARCH), else through ``/proc/self/fd``."""
+    if _linkat(fd, b"", AT_FDCWD, new, AT_EMPTY_PATH) == 0:
+        return
+    err = ctypes.get_errno()
+    if err == errno.ENOENT and os.path.isdir("/proc/self/fd"):
+        proc = b"/proc/self/fd/%d" % fd
+        if _linkat(AT_FDCWD, proc, AT_FDCWD, new, AT_SYMLINK_FOLLOW) == 0:
+            return
+        err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), None, None, new)
 
 
 class _Dirent64(ctypes.Structure):

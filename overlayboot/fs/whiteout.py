@@ -21,6 +21,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from overlayboot.fs import longpath
+
 LEGACY_PREFIX = b".wh."
 LEGACY_OPAQUE = b".wh..wh..opq"
 
@@ -81,7 +83,7 @@ def is_whiteout_stat(st: os.stat_result) -> bool:
 def getxattr(path: bytes, name: str) -> bytes | None:
     """An xattr of ``path`` (not following symlinks), or None if absent/unsupported."""
     try:
-        return os.getxattr(path, name, follow_symlinks=False)
+        return longpath.getxattr(path, name)
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.ENOENT, errno.E2BIG, errno.EPERM):
             return None
@@ -110,15 +112,15 @@ def is_xattr_whiteout(path: bytes, st: os.stat_result, names: XattrNames) -> boo
 
 def make_whiteout(path: bytes) -> None:
     """Create a whiteout (char device 0/0, mode 0) at ``path``."""
-    os.mknod(path, stat.S_IFCHR | 0o000, WHITEOUT_DEV)
+    longpath.mknod(path, stat.S_IFCHR | 0o000, WHITEOUT_DEV)
 
 
 def set_opaque(path: bytes, names: XattrNames) -> None:
-    os.setxattr(path, names.opaque, b"y", follow_symlinks=False)
+    longpath.setxattr(path, names.opaque, b"y")
 
 
 def set_redirect(path: bytes, target: bytes, names: XattrNames) -> None:
-    os.setxattr(path, names.redirect, target, follow_symlinks=False)
+    longpath.setxattr(path, names.redirect, target)
 
 
 def encode_origin(layer: int, ino: int) -> bytes:
@@ -136,9 +138,9 @@ def get_pending(path: bytes, names: XattrNames) -> int:
 
 def set_pending(path: bytes, names: XattrNames, count: int) -> None:
     if count > 0:
-        os.setxattr(path, names.pending, b"%d" % count, follow_symlinks=False)
+        longpath.setxattr(path, names.pending, b"%d" % count)
     elif getxattr(path, names.pending) is not None:
-        os.removexattr(path, names.pending, follow_symlinks=False)
+        longpath.removexattr(path, names.pending)
 
 
 def decode_origin(value: bytes | None) -> tuple[int, int] | None:

@@ -31,19 +31,6 @@ OURS = ("overlayboot", "overlayboot-chunked")
 BOTH = pytest.mark.parametrize("ovl", KINDS, indirect=True)
 
 
-def both_but_overlayboot_fails(reason: str, argname: str = "ovl") -> pytest.MarkDecorator:
-    """Like BOTH, with the overlayboot run marked as a known daemon bug (strict xfail).
-
-    ``argname="kind"`` parametrizes a plain ``kind`` argument instead of the fixture.
-    """
-    bug = pytest.mark.xfail(strict=True, reason=reason)
-    return pytest.mark.parametrize(
-        argname,
-        [*(pytest.param(k, marks=bug) for k in OURS), "kernel"],
-        indirect=argname == "ovl",
-    )
-
-
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 RENAME_NOREPLACE = sysio.RENAME_NOREPLACE

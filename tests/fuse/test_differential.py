@@ -40,7 +40,7 @@ from tests.fuse.difftree import (
     Op,
     build_lowers,
 )
-from tests.mounts import KINDS, have_fuse, have_kernel_overlay
+from tests.mounts import KINDS, OVERLAYBOOT_KINDS, have_fuse, have_kernel_overlay
 
 # overlayboot with its default options, then with every copy-up partial (4 KiB chunks)
 SUBJECTS = (
@@ -62,7 +62,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def lowers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     for subject in SUBJECTS:
-        assert subject in KINDS, f"OVERLAYBOOT_DIFF_SUBJECT={subject!r} is not one of {KINDS}"
+        known = sorted({*KINDS, *OVERLAYBOOT_KINDS})
+        assert subject in known, f"OVERLAYBOOT_DIFF_SUBJECT={subject!r} is not one of {known}"
     return build_lowers(tmp_path_factory.mktemp("difflowers"))
 
 
@@ -227,7 +228,8 @@ SMOKE: list[tuple[str, tuple[object, ...]]] = [
 ]
 
 
-@pytest.mark.parametrize("subject", SUBJECTS)
+# ... and once with every read and write through the daemon (no FUSE passthrough)
+@pytest.mark.parametrize("subject", [*SUBJECTS, "overlayboot-nopassthrough"])
 def test_fixed_sequence_matches_kernel(lowers: list[Path], tmp_path: Path, subject: str) -> None:
     session = DiffSession(subject, lowers, tmp_path / "smoke").start()
     try:

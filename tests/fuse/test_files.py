@@ -176,7 +176,9 @@ def test_chown_clears_setuid(ovl: Ovl) -> None:
 # -- open files across copy-up and unlink -------------------------------------------
 
 
-@BOTH
+# with FUSE passthrough an fd opened before the copy-up keeps the lower data:
+# tests/fuse/test_passthrough.py
+@pytest.mark.parametrize("ovl", ["overlayboot-nopassthrough", "kernel"], indirect=True)
 def test_fd_opened_before_copy_up_sees_the_new_data(ovl: Ovl) -> None:
     with open(ovl.m("bottom.txt"), "rb") as early:
         assert early.read(3) == b"bot"

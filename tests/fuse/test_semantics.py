@@ -17,10 +17,10 @@ import pytest
 from tests.fuse.conftest import Ovl, OvlFactory
 from tests.fuse.helpers import (
     BOTH,
+    KINDS,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     Dir,
-    both_but_overlayboot_fails,
     errno_of,
     getdents,
     is_whiteout,
@@ -230,12 +230,11 @@ def _deep_tree(o: Ovl) -> None:
         os.close(fd)
 
 
-@both_but_overlayboot_fails(
-    "bug: the daemon works on absolute path strings, so a merged path longer than "
-    "PATH_MAX fails ENAMETOOLONG (the kernel works by dentries)",
-    argname="kind",
-)
+@pytest.mark.parametrize("kind", KINDS)
 def test_paths_deeper_than_path_max(ovl_factory: OvlFactory, kind: str) -> None:
+    """A merged path longer than PATH_MAX: the daemon's layer paths are longer still, so
+    every operation there takes overlayboot.fs.longpath's walk (the kernel works by
+    dentries and has no such limit)."""
     o = ovl_factory(kind, prepare=_deep_tree)
     fd = os.open(o.m(), os.O_RDONLY)
     try:
@@ -248,8 +247,112 @@ def test_paths_deeper_than_path_max(ovl_factory: OvlFactory, kind: str) -> None:
         os.close(leaf)
         os.close(os.open("new", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
         assert sorted(os.listdir(fd)) == ["leaf", "new"]
+        _deep_changes(fd)
+        assert sorted(os.listdir(fd)) == ["dir", "link", "moved"]
     finally:
         os.close(fd)
+    o.remount()
+    deep = "/".join([DEEP] * DEPTH)
+    fd = os.open(o.m(), os.O_RDONLY)
+    try:
+        for part in deep.split("/"):
+            fd, old = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+        assert sorted(os.listdir(fd)) == ["dir", "link", "moved"]
+        with open(os.open("moved", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"leaf\nmore\n"
+        assert os.readlink("link", dir_fd=fd) == "moved"
+        dirfd = os.open("dir", os.O_RDONLY, dir_fd=fd)
+        try:
+            assert os.getxattr(dirfd, "user.deep") == b"yes"
+            assert stat.S_IMODE(os.fstat(dirfd).st_mode) == 0o750
+        finally:
+            os.close(dirfd)
+    finally:
+        os.close(fd)
+
+
+def _deep_changes(fd: int) -> None:
+    """A rename over the deep lower file's name (a whiteout), an unlink, a directory with
+    an xattr and a mode, a symlink: each a different system call at a long path."""
+    os.rename("leaf", "moved", src_dir_fd=fd, dst_dir_fd=fd)
+    os.unlink("new", dir_fd=fd)
+    os.mkdir("dir", 0o700, dir_fd=fd)
+    os.chmod("dir", 0o750, dir_fd=fd)
+    dirfd = os.open("dir", os.O_RDONLY, dir_fd=fd)
+    try:
+        os.setxattr(dirfd, "user.deep", b"yes")
+    finally:
+        os.close(dirfd)
+    os.symlink("moved", "link", dir_fd=fd)
+
+
+LEAF = 2  # the length of every name made at the bottom of the near-limit directory
+
+
+def _near_limit_dir(mnt: str) -> str:
+    """A relative directory path that makes ``MNT/REL/xx`` exactly 4095 bytes, the most
+    a path may hold; the same names under the upper dir (3 bytes longer) go past it."""
+    want = 4095 - len(mnt) - 2 - LEAF
+    parts: list[str] = []
+    while len("/".join(parts)) < want - 201:
+        parts.append("d" * 200)
+    parts.append("e" * (want - len("/".join(parts)) - (1 if parts else 0)))
+    return "/".join(parts)
+
+
+def _lower_chain(o: Ovl, rel: str) -> None:
+    fd = os.open(o.lower1, os.O_RDONLY)
+    try:
+        for part in rel.split("/"):
+            os.mkdir(part, dir_fd=fd)
+            fd, old = os.open(part, os.O_RDONLY, dir_fd=fd), fd
+            os.close(old)
+        leaf = os.open("lf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"lower\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_operation_at_the_path_limit(ovl_factory: OvlFactory, kind: str) -> None:
+    """Paths of 4095 bytes through the mount (the kernel's limit), whose upper paths are
+    longer: each system call the issue listed, as kernel overlayfs takes them."""
+    o = ovl_factory(kind, prepare=lambda o: _lower_chain(o, _near_limit_dir(o.m())))
+    d = o.m(_near_limit_dir(o.m()))
+    assert len(f"{d}/xx") == 4095
+
+    def p(name: str) -> str:
+        return f"{d}/{name}"
+
+    with open(p("f1"), "w") as f:
+        f.write("one")
+    os.chown(p("f1"), 12, 34)
+    os.chmod(p("f1"), 0o600)
+    os.truncate(p("f1"), 2)
+    os.link(p("f1"), p("f2"))
+    os.mkfifo(p("fi"))
+    os.mknod(p("nd"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkdir(p("dd"))
+    os.rmdir(p("dd"))
+    os.symlink("f1", p("sl"))
+    os.unlink(p("f2"))
+    os.rename(p("lf"), p("mv"))  # the lower file: a whiteout at the old name
+    os.chmod(p("mv"), 0o640)
+    for remounted in (False, True):
+        if remounted:
+            o.remount()
+        assert sorted(os.listdir(d)) == ["f1", "fi", "mv", "nd", "sl"], remounted
+        st = os.lstat(p("f1"))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (12, 34, 0o600)
+        assert (st.st_size, st.st_nlink) == (2, 1)
+        assert stat.S_ISFIFO(os.lstat(p("fi")).st_mode)
+        assert os.lstat(p("nd")).st_rdev == os.makedev(1, 3)
+        assert os.readlink(p("sl")) == "f1"
+        with open(p("mv")) as f:
+            assert f.read() == "lower\n"
+        assert stat.S_IMODE(os.lstat(p("mv")).st_mode) == 0o640
 
 
 # -- whiteouts and opaque directories -----------------------------------------------
@@ -524,3 +627,49 @@ def test_lower_hard_link_under_a_renamed_dir(ovl: Ovl) -> None:
     assert read(ovl.m("hl_a")) == "hardlinked\nchanged\n"
     a, b = os.lstat(ovl.m("hl_a")), os.lstat(ovl.m("dir2/hl_b"))
     assert a.st_ino == b.st_ino and a.st_nlink == b.st_nlink == 2
+
+
+# -- O_TMPFILE -----------------------------------------------------------------------
+
+
+def _link_open_file(fd: int, path: str) -> None:
+    """linkat(2) of /proc/self/fd/FD with AT_SYMLINK_FOLLOW, as ``man 2 open`` shows for
+    O_TMPFILE (os.link takes linkat only when given a directory fd)."""
+    procfd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(str(fd), path, src_dir_fd=procfd, follow_symlinks=True)
+    finally:
+        os.close(procfd)
+
+
+@BOTH
+def test_o_tmpfile_has_no_name_until_linked(ovl: Ovl) -> None:
+    """``open(dir, O_TMPFILE)`` in a lower directory: no name, nlink 0, readable and
+    writable; ``linkat`` names it (through the mount and after a remount); with
+    ``O_EXCL`` it can never be linked. Kernel overlayfs does all of this."""
+    fd = os.open(ovl.m("dir"), os.O_TMPFILE | os.O_RDWR, 0o640)
+    try:
+        os.write(fd, b"anonymous\n")
+        st = os.fstat(fd)
+        assert (st.st_nlink, stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode)) == (
+            0,
+            stat.S_IFREG,
+            0o640,
+        )
+        assert sorted(os.listdir(ovl.m("dir"))) == ["a1.txt", "a2.txt", "common", "hl_b", "sub"]
+        _link_open_file(fd, ovl.m("dir/named"))
+        assert os.fstat(fd).st_nlink == 1
+        assert os.pread(fd, 100, 0) == b"anonymous\n"
+    finally:
+        os.close(fd)
+    with open(ovl.m("dir/named"), "rb") as f:
+        assert f.read() == b"anonymous\n"
+    fd = os.open(ovl.m("dir"), os.O_TMPFILE | os.O_RDWR | os.O_EXCL, 0o600)
+    try:
+        assert errno_of(lambda: _link_open_file(fd, ovl.m("dir/never"))) == errno.ENOENT
+    finally:
+        os.close(fd)
+    ovl.remount()
+    with open(ovl.m("dir/named"), "rb") as f:
+        assert f.read() == b"anonymous\n"
+    assert "never" not in os.listdir(ovl.m("dir"))

@@ -191,7 +191,8 @@ def test_fstat_of_an_open_directory_replaced_by_rename(ovl: Ovl) -> None:
     assert _nlink_of_open_dir_after(ovl.m("target"), replace) == 0
 
 
-@BOTH
+# with FUSE passthrough the early reader keeps the lower data (test_passthrough.py)
+@pytest.mark.parametrize("ovl", ["overlayboot-nopassthrough", "kernel"], indirect=True)
 def test_a_reader_opened_before_copy_up_reads_the_copy_after_unlink(ovl: Ovl) -> None:
     reader = os.open(ovl.m("top.txt"), os.O_RDONLY)
     try:

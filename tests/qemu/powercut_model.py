@@ -92,8 +92,8 @@ class Op:
     line: str
     steps: tuple[tuple[str, str], ...]
     syncs: tuple[str, ...] = ()  # objects durable once the guest reports this op
-    renamed: tuple[str, ...] = ()  # objects given a new inode by a rename (its data unsynced)
     expect: str = ""  # what the guest must report after an fsync (its view, live)
+    renamed: tuple[str, ...] = ()  # objects given a new inode by a rename (its data unsynced)
 
 
 @dataclass(frozen=True)
@@ -314,8 +314,7 @@ def verdict(rnd: Round, seen: Observed, fsynced: Mapping[int, str]) -> Verdict:
         renamed = any(op.idx > last_sync and key in op.renamed for op in rnd.ops)
         if data is not None and (
             zero_extended(data, allowed, rnd.contents)
-            or renamed
-            and unflushed_rename(data, allowed, rnd.contents)
+            or (renamed and unflushed_rename(data, allowed, rnd.contents))
         ):
             unflushed.append(key)
             continue

@@ -16,7 +16,7 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
-from tests.qemu.live import booted, failed_boot
+from tests.qemu.live import Guest, booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
 
 pytestmark = pytest.mark.qemu
@@ -92,7 +92,19 @@ def test_cd_boot_to_a_writable_fuse_root(
         assert guest.sh("grep daemon_start= /run/overlayboot/state") == f"daemon_start={started}"
         bdi = "/sys/class/bdi/$(awk '$5 == \"/\" { d = $3 } END { print d }' /proc/self/mountinfo)"
         assert guest.sh(f"cat {bdi}/read_ahead_kb") == "1024"
+        _lower_reads_reach_no_read_handler(guest)
     print(f"BIOS CD boot with overlayboot, {cpus} vCPU: shell after {guest.first.at:.1f} s")
+
+
+def _lower_reads_reach_no_read_handler(guest: Guest) -> None:
+    """The guest kernel (6.12) and the runtime's libfuse 3.17 give FUSE passthrough: the
+    daemon says so, and reading a 2 MiB lower file makes the daemon read nothing."""
+    log = "/run/overlayboot/daemon.log"
+    assert guest.sh(f"grep -o 'FUSE passthrough o[nf]*' {log}") == "FUSE passthrough on"
+    io = "/proc/$(cat /run/overlayboot/run/overlayboot/mounts/*.pid)/io"
+    rchar = f"grep rchar {io} | cut -d' ' -f2"
+    delta = guest.sh(f"a=$({rchar}); cat /data/big > /dev/null; b=$({rchar}); echo $((b - a))")
+    assert int(delta) < 256 << 10, delta
 
 
 def test_kernel_overlayfs_fallback(kernel: Kernel, initramfs: BuiltInitramfs, medium: Path) -> None:

@@ -38,6 +38,8 @@ ExecStart=/bin/sh -c 'echo "OVERLAYBOOT-SYSTEMD: / is $(grep " / " /proc/mounts 
 tail -n1 | cut -d" " -f3)"; \
 echo "OVERLAYBOOT-SYSTEMD: daemon $(grep -l "^@overlayboot" /proc/[0-9]*/cmdline | wc -l)"; \
 echo "OVERLAYBOOT-SYSTEMD: previous $(cat /var/lib/overlayboot-test 2>/dev/null || echo none)"; \
+echo "OVERLAYBOOT-SYSTEMD: journal $(journalctl -b -t overlayboot | grep -c "switching to")"; \
+echo "OVERLAYBOOT-SYSTEMD: path $(command -v overlayboot)"; \
 echo "boot-$(cat /proc/sys/kernel/random/boot_id)" > /var/lib/overlayboot-test; sync; \
 systemctl --no-block poweroff'
 
@@ -84,6 +86,11 @@ def test_systemd_root_boots_persists_and_shuts_down(
             assert fs.text.endswith("fuse.overlayboot"), vm.tail()
             assert vm.wait_for(r"OVERLAYBOOT-SYSTEMD: daemon", 30).text.endswith(" 1"), vm.tail()
             previous = vm.wait_for(r"OVERLAYBOOT-SYSTEMD: previous", 30).text.split()[-1]
+            # the boot's log in the journal (hooks/55-liveroot.sh), overlayboot on the PATH
+            assert vm.wait_for(r"OVERLAYBOOT-SYSTEMD: journal", 30).text.endswith(" 1"), vm.tail()
+            assert vm.wait_for(r"OVERLAYBOOT-SYSTEMD: path", 30).text.endswith(
+                " /usr/sbin/overlayboot"
+            ), vm.tail()
             boot_ids.append(previous)
             vm.wait_exit(timeout=150)  # systemd's poweroff, with the daemon spared to the end
             log = vm.log()

@@ -90,8 +90,9 @@ def test_a_file_renamed_into_place_may_read_empty_until_fsynced() -> None:
     ext4 committed the rename, not the delayed data. Accepted and counted, unless the file
     was fsynced after the rename; an empty file nothing renamed stays a problem."""
     data, key = small_pattern(3), "f:/new/n8"
-    steps = ((key + ".tmp", md5(b"")), (key + ".tmp", md5(data)), (key, md5(data)))
-    steps += ((key + ".tmp", ABSENT),)
+    steps: tuple[tuple[str, str], ...] = ((key + ".tmp", md5(b"")), (key + ".tmp", md5(data)))
+    steps = (*steps, (key, md5(data)))
+    steps = (*steps, (key + ".tmp", ABSENT))
     rep = Op(0, "rep 0 /new/n8 s3", steps, renamed=(key,))
     sync = Op(1, "sync 1 /new/n8", (), (key,), md5(data))
     empty = Observed({key: md5(b"")}, {"/new/n8": b""}, {})

@@ -122,5 +122,13 @@ def test_main_reports_one_error_line() -> None:
     assert r.returncode == 1 and r.stdout == ""
     assert (
         r.stderr
-        == "ERROR: bad kernel command line: overlayboot.overlay='zfs' (use fuse or kernel)\n"
+        == "ERROR: bad kernel command line: overlayboot.overlay='zfs' (use fuse, kernel or block)\n"
     )
+
+
+def test_block_mode_defaults_to_an_ext4_image() -> None:
+    from overlayboot.cmdline import DEFAULT_BLOCK_IMAGE
+
+    assert parse_cmdline("overlayboot.overlay=block").image == DEFAULT_BLOCK_IMAGE
+    cfg = parse_cmdline("overlayboot.overlay=block overlayboot.image=/live/root.img")
+    assert (cfg.overlay, cfg.image) == ("block", "/live/root.img")

@@ -3,18 +3,22 @@ the upper lock, and the origin record of a copy in the ``user.`` namespace."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
+from typing import cast
 
 import pytest
 import trio
 
-from overlayboot.fs import upperlock
+from overlayboot.fs import longpath, sysio, upperlock
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.copyup import set_origin
+from overlayboot.fs.core import Overlay
 from overlayboot.fs.daemon import fuse_options, supervised
-from overlayboot.fs.whiteout import XattrNames
+from overlayboot.fs.dirops import _rename_leaving_whiteout
+from overlayboot.fs.whiteout import XattrNames, is_whiteout_stat
 
 
 def _cfg(tmp_path: Path, *options: str) -> OverlayConfig:
@@ -99,3 +103,47 @@ def test_origin_of_a_regular_file_is_recorded(tmp_path: Path) -> None:
     assert stat.S_ISREG(st.st_mode)
     set_origin(os.fsencode(path), st, XattrNames("user"), (1, 42))
     assert os.getxattr(path, "user.overlayboot.origin") == b"1:42"
+
+
+class _Scratch:
+    """The one thing the rename needs of the overlay: a name in its work dir."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+
+    def tmp_path(self) -> bytes:
+        return bytes(self.work / "tmp.whiteout")
+
+
+@pytest.mark.parametrize("second_fails", [False, True])
+def test_rename_leaving_a_whiteout_where_the_upper_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second_fails: bool
+) -> None:
+    """An upper filesystem that refuses RENAME_WHITEOUT (EINVAL: NFS, FUSE): the entry
+    moves and a whiteout takes the old name; if the second rename fails (the moment a
+    crash would hit), the entry is at its new name, never lost, and the work dir empty."""
+    work, upper = tmp_path / "work", tmp_path / "upper"
+    work.mkdir()
+    upper.mkdir()
+    (upper / "old").write_bytes(b"data")
+    real, calls = longpath.rename, []
+
+    def refusing(old: bytes, new: bytes, flags: int = 0) -> None:
+        calls.append(flags)
+        if flags & sysio.RENAME_WHITEOUT:
+            raise OSError(errno.EINVAL, "no RENAME_WHITEOUT here")
+        if second_fails and len(calls) == 3:
+            raise OSError(errno.EIO, "cut")
+        real(old, new, flags)
+
+    monkeypatch.setattr(longpath, "rename", refusing)
+    old, new = bytes(upper / "old"), bytes(upper / "new")
+    if second_fails:
+        with pytest.raises(OSError, match="cut"):
+            _rename_leaving_whiteout(cast(Overlay, _Scratch(work)), old, new)
+        assert not os.path.lexists(old)
+    else:
+        _rename_leaving_whiteout(cast(Overlay, _Scratch(work)), old, new)
+        assert is_whiteout_stat(os.lstat(old))
+    assert (upper / "new").read_bytes() == b"data"
+    assert os.listdir(work) == []

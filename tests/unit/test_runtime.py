@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from mkimage.elf import read_elf
 from mkimage.runtime import (
     DYNLOAD_DIR,
     INTERPRETER,
+    PACKAGES_DIR,
     PARTS,
     PTH_FILE,
     ZIP_FILE,
@@ -142,11 +144,29 @@ def test_layout(staged: Runtime) -> None:
     assert (root / INTERPRETER).is_file()
     assert (root / PTH_FILE).read_text().splitlines()[0] == "../lib/python311.zip"
     assert "ld-linux-x86-64.so.2" in staged.libraries
-    assert {"libfuse3.so.3", "libssl.so.3", "libcrypto.so.3", "libc.so.6"} <= set(staged.libraries)
+    assert {"libssl.so.3", "libcrypto.so.3", "libc.so.6"} <= set(staged.libraries)
+    assert len([n for n in staged.libraries if n.startswith("libfuse3.so.")]) == 1
     assert "pyfuse3" in staged.disk_packages
     assert (root / DYNLOAD_DIR).is_dir()
     assert any(p.name.startswith("_ssl.") for p in (root / DYNLOAD_DIR).iterdir())
     assert not any(m.startswith(("elftools", "pytest", "mypy")) for m in staged.zipped)
+
+
+def test_bundles_the_libfuse_pyfuse3_was_built_against(staged: Runtime, copied: Path) -> None:
+    """The Makefile's pyfuse3 needs libfuse 3.17 (libfuse3.so.4, FUSE passthrough) from
+    build/libfuse, found through its RUNPATH: the runtime carries that one, not the
+    system's 3.14, and the bundled interpreter loads it."""
+    ext = next((staged.root / PACKAGES_DIR / "pyfuse3").glob("__init__*.so"))
+    needed = [lib for lib in read_elf(ext).needed if lib.startswith("libfuse3.so.")]
+    assert needed and needed[0] in staged.libraries
+    code = "import pyfuse3; print(hasattr(pyfuse3, 'passthrough_open'))\n"
+    code += "print(open('/proc/self/maps').read())"
+    out = run_python(copied, "-c", code).splitlines()
+    loaded = {line.split()[-1] for line in out[1:] if "libfuse3" in line}
+    assert loaded == {str(copied / "lib" / needed[0])}
+    if out[0] == "True":  # built against our libfuse: it has passthrough
+        assert needed[0] == "libfuse3.so.4"
+        assert b"fuse_passthrough_open" in (staged.root / "lib" / needed[0]).read_bytes()
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:

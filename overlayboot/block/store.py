@@ -1,0 +1,346 @@
+"""An open block store: reads and writes of the copy-on-write view, and commits.
+
+A chunk's first write after a commit goes to a new slot (the whole chunk: the bytes the
+write does not cover are copied from the chunk's current version), and the index maps
+the chunk there in memory, with the CRC-32 of its data; later writes before the next
+commit go to that slot in place. Nothing on disk names the new slot until
+:meth:`Store.flush` (the device's flush, which a filesystem on top sends at every journal
+commit): it writes the changed index pages (double-buffered, ``index``) and the super
+block (the last durable commit) and syncs data and pages at once. After a crash, a page of
+the unfinished commit counts only if the data it names matches its CRCs, so every chunk
+reads as of a flush, wholly, and the store opens as it is: no repair step.
+A write that finds the store or its disk full fails (``ENOSPC``) and changes nothing on
+disk that the index names.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TypeAlias
+
+from overlayboot.block.format import (
+    PAGE,
+    SECTOR,
+    FormatError,
+    State,
+    Super,
+    pack_super,
+    page_offset,
+    unpack_super,
+)
+from overlayboot.block.identity import identify
+from overlayboot.block.index import Index, Verify
+from overlayboot.block.slots import Slots
+from overlayboot.errors import BlockError
+
+log = logging.getLogger("overlayboot.block")
+
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class Piece:
+    """The part of one request that falls in one chunk."""
+
+    chunk: int
+    start: int  # offset in the chunk
+    length: int
+    at: int  # offset in the request's buffer
+
+
+def read_super(fd: int, path: Path) -> Super:
+    """The super block of the store open at ``fd``; BlockError if it is not a store."""
+    try:
+        return unpack_super(os.pread(fd, 2 * SECTOR, 0))
+    except FormatError as exc:
+        raise BlockError(f"{path} is not a usable block store: {exc}") from None
+
+
+def lock(fd: int, path: Path, exclusive: bool) -> None:
+    """flock the store: exclusive while attached, shared while read whole (merge)."""
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BlockError(
+            f"the block store {path} is in use (attached)",
+            "detach it first: overlayboot block detach",
+        ) from None
+
+
+def open_base(base: Path) -> int:
+    try:
+        return os.open(base, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BlockError(f"cannot open the base {base}: {exc.strerror}") from None
+
+
+def check_base(sb: Super, base_fd: int, base: Path, path: Path) -> None:
+    """Refuse a base other than the one the store was made for."""
+    ident = identify(base_fd)
+    if ident.size != sb.base_size or ident.digest != sb.base_digest:
+        raise BlockError(
+            f"the block store {path} was made for another base than {base} "
+            f"(store: {sb.base_size} bytes, digest {sb.base_digest.hex()[:16]}; "
+            f"base: {ident.size} bytes, digest {ident.short()})",
+            "give the base it was made for, or make a new store: overlayboot block create",
+        )
+
+
+def verifier(fd: int, sb: Super) -> Verify:
+    """Whether a slot holds the data of a chunk with a given CRC (for ``Index.load``)."""
+
+    def verify(chunk: int, slot: int, crc: int) -> bool:
+        length = min(sb.chunk_size, sb.base_size - chunk * sb.chunk_size)
+        try:
+            data = _pread_full(fd, sb.slot_offset(slot), length)
+        except OSError:
+            return False
+        return zlib.crc32(data) == crc
+
+    return verify
+
+
+class Store:
+    """The copy-on-write view of a base through a store file."""
+
+    def __init__(self, path: Path, fd: int, sb: Super, base_fd: int, writable: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.sb = sb
+        self.base_fd = base_fd
+        self.writable = writable
+        self.index = Index.load(fd, sb, verifier(fd, sb))
+        self.slots = Slots(self.index.used_slots())
+        self.fresh: set[int] = set()  # chunks whose slot was taken since the last commit
+        self.stale: set[int] = set()  # chunks whose CRC in the index is not their data's
+        self.was_dirty = sb.state == State.DIRTY
+
+    @classmethod
+    def open(cls, path: Path, base: Path, *, writable: bool) -> Store:
+        """Open ``path`` over ``base``: locked (exclusive when ``writable``), its base
+        checked, and, when writable, marked dirty until :meth:`close`."""
+        try:
+            fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+        except OSError as exc:
+            raise BlockError(f"cannot open the block store {path}: {exc.strerror}") from None
+        base_fd = -1
+        try:
+            lock(fd, path, exclusive=writable)
+            sb = read_super(fd, path)
+            base_fd = open_base(base)
+            check_base(sb, base_fd, base, path)
+            store = cls(path, fd, sb, base_fd, writable)
+            if writable:
+                store._start()
+            return store
+        except BaseException:
+            os.close(fd)
+            if base_fd >= 0:
+                os.close(base_fd)
+            raise
+
+    def _start(self) -> None:
+        """After a crash: drop the slots past the last one named (a crash left them) and
+        the page copies that did not count, make what counts durable; mark dirty."""
+        end = self.sb.slot_offset(self.slots.end)
+        if os.fstat(self.fd).st_size > end:
+            os.ftruncate(self.fd, end)
+        for page, copy in self.index.rejected:
+            os.pwrite(self.fd, bytes(PAGE), page_offset(page, copy))
+        if self.index.seq > self.sb.durable:
+            os.fdatasync(self.fd)
+            self.sb = replace(self.sb, durable=self.index.seq)
+        self._set_state(State.DIRTY)
+
+    def _set_state(self, state: State) -> None:
+        self.sb = replace(self.sb, state=state)
+        os.pwrite(self.fd, pack_super(self.sb), 0)
+        os.fdatasync(self.fd)
+
+    # ------------------------------------------------------------------ geometry
+
+    @property
+    def size(self) -> int:
+        return self.sb.base_size
+
+    def chunk_length(self, chunk: int) -> int:
+        return min(self.sb.chunk_size, self.size - chunk * self.sb.chunk_size)
+
+    def pieces(self, offset: int, length: int) -> Iterator[Piece]:
+        """The chunks that ``length`` bytes at ``offset`` cover (clamped to the size)."""
+        end = min(offset + length, self.size)
+        shift, mask = self.sb.chunk_shift, self.sb.chunk_size - 1
+        pos = offset
+        while pos < end:
+            start = pos & mask
+            n = min(end - pos, self.sb.chunk_size - start)
+            yield Piece(pos >> shift, start, n, pos - offset)
+            pos += n
+
+    # ------------------------------------------------------------------ reads
+
+    def _source(self, piece: Piece) -> tuple[int, int]:
+        """(fd, offset) where the bytes of ``piece`` are now."""
+        slot = self.index.slot(piece.chunk)
+        if slot is None:
+            return self.base_fd, (piece.chunk << self.sb.chunk_shift) + piece.start
+        return self.fd, self.sb.slot_offset(slot) + piece.start
+
+    def read(self, offset: int, length: int) -> bytes:
+        """The view's bytes at ``offset`` (fewer only past its end); adjacent pieces from
+        the same file are read with one ``pread``."""
+        out = bytearray()
+        run: tuple[int, int, int] | None = None  # fd, offset, length
+        for piece in self.pieces(offset, length):
+            fd, at = self._source(piece)
+            if run is not None and run[0] == fd and run[1] + run[2] == at:
+                run = (fd, run[1], run[2] + piece.length)
+                continue
+            if run is not None:
+                out += _pread_full(*run)
+            run = (fd, at, piece.length)
+        if run is not None:
+            out += _pread_full(*run)
+        return bytes(out)
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; ENOSPC past the end of the view, or when the store
+        (``max_size``) or its disk is full. The chunks that move to new slots are written
+        with one ``pwritev`` per run of consecutive slots (a sequential write: one per
+        request), then mapped."""
+        if not self.writable:
+            raise OSError(errno.EROFS, "the store is open read-only")
+        if offset + len(data) > self.size:
+            raise OSError(errno.ENOSPC, "write past the end of the device")
+        view = memoryview(data)
+        moved: list[tuple[int, int, Buffer]] = []  # chunk, new slot, its whole new version
+        try:
+            for piece in self.pieces(offset, len(data)):
+                part = view[piece.at : piece.at + piece.length]
+                if piece.chunk in self.fresh:
+                    slot = self.index.slot(piece.chunk)
+                    assert slot is not None
+                    _pwrite_full(self.fd, part, self.sb.slot_offset(slot) + piece.start)
+                    self.stale.add(piece.chunk)
+                else:
+                    moved.append((piece.chunk, self._take_slot(), self._new_version(piece, part)))
+            while moved:
+                run = _consecutive(moved)
+                _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
+                for chunk, slot, whole in run:
+                    self._map(chunk, slot, zlib.crc32(whole))
+                del moved[: len(run)]
+        except BaseException:
+            for _, slot, _ in reversed(moved):
+                self.slots.give_back(slot)
+            raise
+        return len(data)
+
+    def _at(self, slot: int) -> int:
+        return self.sb.slot_offset(slot)
+
+    def _take_slot(self) -> int:
+        slot = self.slots.take()
+        if self.sb.max_size and self._at(slot) + self.sb.chunk_size > self.sb.max_size:
+            self.slots.give_back(slot)
+            raise OSError(errno.ENOSPC, "the block store is full (its maximum size)")
+        return slot
+
+    def _new_version(self, piece: Piece, part: memoryview) -> Buffer:
+        """The chunk's new content: ``part`` where it falls, its current bytes elsewhere."""
+        length = self.chunk_length(piece.chunk)
+        if piece.start == 0 and piece.length == length:
+            return part
+        whole = bytearray(self.read(piece.chunk << self.sb.chunk_shift, length))
+        whole[piece.start : piece.start + piece.length] = part
+        return whole
+
+    def _map(self, chunk: int, slot: int, crc: int) -> None:
+        """The chunk's first write since the last commit is in ``slot``: map it there."""
+        old = self.index.slot(chunk)
+        self.index.set(chunk, slot, crc)
+        self.stale.discard(chunk)
+        self.fresh.add(chunk)
+        if old is not None:
+            self.slots.leave(old)
+
+    def flush(self) -> None:
+        """Make every write so far durable: the changed index pages and the super block
+        written, then one sync. If it fails, the chunks written since the last commit are
+        copied again at their next write (their slots may be named on disk now) and
+        nothing is freed."""
+        if not self.writable or (not self.fresh and not self.index.dirty):
+            return
+        try:
+            for chunk in sorted(self.stale):
+                slot = self.index.slot(chunk)
+                assert slot is not None
+                data = _pread_full(self.fd, self.sb.slot_offset(slot), self.chunk_length(chunk))
+                self.index.set_crc(chunk, zlib.crc32(data))
+            self.stale.clear()
+            pages = self.index.write_dirty(self.fd)
+            os.pwrite(self.fd, pack_super(self.sb), 0)
+            os.fdatasync(self.fd)
+        except BaseException:
+            self.fresh.clear()
+            raise
+        self.index.committed(pages)
+        self.slots.commit_done()
+        self.fresh.clear()
+        self.sb = replace(self.sb, durable=self.index.seq)
+
+    def close(self) -> None:
+        """Commit, mark the store clean (writable) and close it."""
+        try:
+            if self.writable:
+                self.flush()
+                self._set_state(State.CLEAN)
+        finally:
+            os.close(self.fd)
+            os.close(self.base_fd)
+
+    def abandon(self) -> None:
+        """Close without a commit (the store stays dirty: what a crash leaves)."""
+        os.close(self.fd)
+        os.close(self.base_fd)
+
+
+def _pread_full(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise OSError(errno.EIO, "short read from the base or the store")
+        data += more
+    return data
+
+
+def _consecutive(moved: list[tuple[int, int, Buffer]]) -> list[tuple[int, int, Buffer]]:
+    """The leading run of ``moved`` whose slots follow one another."""
+    n = 1
+    while n < len(moved) and moved[n][1] == moved[n - 1][1] + 1:
+        n += 1
+    return moved[:n]
+
+
+def _pwritev_full(fd: int, buffers: list[Buffer], offset: int) -> None:
+    total = sum(len(b) for b in buffers)
+    n = os.pwritev(fd, buffers, offset)
+    if n < total:
+        _pwrite_full(fd, b"".join(buffers)[n:], offset + n)
+
+
+def _pwrite_full(fd: int, data: Buffer, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
