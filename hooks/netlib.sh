@@ -2,6 +2,8 @@
 # by hooks/15-network.sh after lib.sh.
 
 OB_NET_DIR=$OB_RUN/net
+# the lazy HTTP reader's pid file, inside its chroot ($OB_RUN); shutdown.sh spares it
+OB_HTTP_PID=/run/overlayboot/http.pid
 
 # args: none; loads the NIC and NFS modules (net-modules.load: absolute paths, in order);
 # one that does not load is not fatal (the hardware may not be there)
@@ -145,8 +147,13 @@ http_lazy() {
     mkdir -p "$OB_RUN/http"
     chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-http -m overlayboot.net.httpfs \
         "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" \
-        --patience "$OB_TIMEOUT" --log /httpfs.log --as-root 2> "$OB_RUN/net/httpfs.err" ||
+        --patience "$OB_TIMEOUT" --log /httpfs.log --as-root --pid-file "$OB_HTTP_PID" \
+        2> "$OB_RUN/net/httpfs.err" ||
         die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/httpfs.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER; log: $OB_RUN/httpfs.log)"
+    # the chrooted reader has no /proc: its OOM protection from here, as the daemon's
+    pid=$(cat "$OB_RUN$OB_HTTP_PID" 2>/dev/null)
+    echo -1000 > "/proc/$pid/oom_score_adj" 2>/dev/null ||
+        log "WARNING: the lazy HTTP reader (pid $pid) is not protected from the OOM killer"
     OB_IMAGE_FILE=$OB_RUN/http/image.squashfs
     log "fetch: $OB_NET_LOWER read lazily ($((OB_NET_CACHE >> 20)) MiB cache)"
     state image "$OB_NET_LOWER"

@@ -210,8 +210,11 @@ sync
 moved=yes
 take_run || moved=
 dpid=$(daemon_pid)
-# shellcheck disable=SC2086  # no pid, or one
-stop_others $dpid
+# the lazy HTTP lower's reader (overlayboot.lower.lazy) serves the daemon's lower: spared
+# too; it ends when the layers are unmounted
+hpid=$(cat "$OB_RUN/run/overlayboot/http.pid" 2> /dev/null)
+# shellcheck disable=SC2086  # no pid, or one each
+stop_others $dpid $hpid
 if [ -n "$moved" ]; then
     say "unmounting the old root"
     umount_tree /oldroot

@@ -3,7 +3,7 @@ read with range requests as the kernel asks for its blocks (what live-boot's ``h
 does with httpfs2). Phase fetch loop-mounts the file as the squashfs lower.
 
 ``python -m overlayboot.net.httpfs URL MOUNTPOINT [--address IP] [--cache BYTES]
-[--log FILE] [--patience S] [--as-root] [--foreground]``
+[--log FILE] [--patience S] [--pid-file FILE] [--as-root] [--foreground]``
 
 The mount holds one file, ``image.squashfs``, of the image's size. Reads are served from a
 RAM cache of chunks (``overlayboot.net.chunkcache``); missing chunks are fetched in a worker
@@ -179,6 +179,10 @@ def serve(args: argparse.Namespace) -> int:
         remote.size,
         args.cache >> 20,
     )
+    if args.pid_file is not None:
+        with contextlib.suppress(OSError):
+            args.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            args.pid_file.write_text(f"{os.getpid()}\n")
     if ready is not None:
         with contextlib.suppress(OSError):
             os.write(ready, b"1")
@@ -205,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--patience", type=float, default=30)
     ap.add_argument("--as-root", action="store_true")
+    ap.add_argument("--pid-file", type=Path, default=None)
     ap.add_argument("--foreground", action="store_true")
     args = ap.parse_args(argv)
     _logging(args.log)

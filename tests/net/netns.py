@@ -44,6 +44,11 @@ class Netns:
         self.taps.append(name)
         return name
 
+    def sent_to(self, tap: str) -> int:
+        """Bytes the namespace (its servers) has sent to the client on ``tap`` so far."""
+        argv = self.exec(["cat", f"/sys/class/net/{tap}/statistics/tx_bytes"])
+        return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
     def nic(self, index: int, model: str = "virtio-net-pci") -> list[str]:
         """QEMU arguments for a NIC of client ``index`` on a new tap (QEMU runs in here)."""
         tap = self.tap()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mkimage.kernel import Kernel, KernelError
-from mkimage.modules import module_name, parse_dep, resolve
+from mkimage.modules import module_name, parse_dep, resolve, resolve_extra
 
 DEP = """\
 kernel/fs/fuse/fuse.ko.xz:
@@ -78,3 +78,17 @@ def test_optional_module_may_be_missing(tmp_path: Path) -> None:
     assert resolve(fake_kernel(tmp_path), ("fuse", "uhci_hcd")).files == (
         "kernel/fs/fuse/fuse.ko.xz",
     )
+
+
+def test_extra_load_list_leaves_out_what_the_boot_has(tmp_path: Path) -> None:
+    """The network boot's list: its closure less the boot's modules; absent ones skipped."""
+    kernel = fake_kernel(tmp_path)
+    boot = resolve(kernel, ("sr_mod",))
+    extra = resolve_extra(kernel, ("ext4", "scsi_common", "virtio_net", "squashfs"), boot)
+    assert extra.files == (
+        "kernel/fs/jbd2/jbd2.ko.xz",
+        "kernel/fs/mbcache.ko.xz",
+        "kernel/lib/crc16.ko.xz",
+        "kernel/fs/ext4/ext4.ko.xz",
+    )
+    assert extra.builtin == ("squashfs",)
