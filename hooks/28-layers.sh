@@ -13,7 +13,7 @@ if [ ! -b "$OB_IMAGE_FILE" ]; then
     image_dir=${OB_IMAGE_FILE%/*}
     names=$OB_LAYERS
     if [ -z "$names" ] && [ -f "$image_dir/layers" ]; then
-        names=$(sed -e 's/#.*//' "$image_dir/layers" | tr -s ' \t\n' '   ')
+        names=$(sed -e 's/#.*//' "$image_dir/layers" | tr -s ' \t\n' '   ' | sed 's/^ *//; s/ *$//')
         log "layers: from ${OB_IMAGE%/*}/layers: $names"
     fi
     n=0
