@@ -13,8 +13,7 @@ if [ ! -b "$OB_IMAGE_FILE" ]; then
     image_dir=${OB_IMAGE_FILE%/*}
     names=$OB_LAYERS
     if [ -z "$names" ] && [ -f "$image_dir/layers" ]; then
-        # shellcheck disable=SC2046,SC2086 # word splitting trims and joins the names
-        names=$(echo $(sed -e 's/#.*//' "$image_dir/layers"))
+        names=$(sed -e 's/#.*//' "$image_dir/layers" | tr -s ' \t\n' '   ' | sed 's/^ *//; s/ *$//')
         log "layers: from ${OB_IMAGE%/*}/layers: $names"
     fi
     n=0

@@ -108,12 +108,14 @@ persistence_by_name() {
 # args: none; with overlayboot.upper=DEV:PATH, PATH a file: mount it
 persistence_by_path() {
     dev=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") || return 0 # phase upper says so
+    mkdir -p "$persist_host"
+    mount -o ro "$dev" "$persist_host" 2> /dev/null || return 0 # LUKS, say: phase upper
+    is_file=
+    [ -f "$persist_host/$OB_UPPER_DIR" ] && is_file=1
+    umount "$persist_host"
+    [ -n "$is_file" ] || return 0 # a directory: phase upper mounts the partition itself
     host_mount "$dev" || die "cannot mount $dev read-write for the persistence file /$OB_UPPER_DIR"
-    if [ -f "$persist_host/$OB_UPPER_DIR" ]; then
-        file_mount "$persist_host/$OB_UPPER_DIR" "$dev:/$OB_UPPER_DIR"
-    else
-        umount "$persist_host" # a directory: phase upper mounts the partition itself
-    fi
+    file_mount "$persist_host/$OB_UPPER_DIR" "$dev:/$OB_UPPER_DIR"
 }
 
 case "$OB_UPPER_KIND" in

@@ -65,7 +65,7 @@ def test_live_boot_findiso_on_exfat_on_nvme(
         assert guest.sh("cat /etc/hostname") != ""  # the image below the layer
         assert state(guest, "layers") == "extra.squashfs"
         upper = state(guest, "upperdir")
-        assert guest.sh(f"echo kept > /note && ls {upper}") == "note"
+        assert guest.sh(f"echo kept > /note && cat {upper}/note") == "kept"
         assert "WARNING" not in vm.log()
 
 
@@ -94,7 +94,7 @@ def test_dracut_line_with_persistence_on_an_sd_card(
         assert state(guest, "check") == "ok" and state(guest, "upper") == "/dev/mmcblk0"
         upper = state(guest, "upperdir")
         assert upper.startswith("/run/overlayboot/rw/LiveOS/overlay/images/"), upper
-        assert guest.sh(f"echo kept > /note && ls {upper}") == "note"
+        assert guest.sh(f"echo kept > /note && cat {upper}/note") == "kept"
         assert state(guest, "reset") == "yes"  # rd.live.overlay.reset (nothing saved yet)
         # the boot's log in /var/log, with the WARNING line; overlayboot on the PATH
         log = "/var/log/overlayboot/boot.log"
