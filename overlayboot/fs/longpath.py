@@ -224,11 +224,6 @@ def entry_as_bytes(entry: os.DirEntry[str]) -> os.DirEntry[bytes]:
     return _BytesEntry(entry)  # type: ignore[return-value]  # the same reading interface
 
 
-def listdir(path: bytes) -> list[bytes]:
-    with scandir(path) as it:
-        return [e.name for e in it]
-
-
 def getxattr(path: bytes, name: bytes | str) -> bytes:
     if len(path) < LIMIT:
         return os.getxattr(path, name, follow_symlinks=False)
