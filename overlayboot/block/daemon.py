@@ -24,12 +24,11 @@ from overlayboot.block.store import Store
 from overlayboot.errors import MountError
 from overlayboot.fs import survive
 from overlayboot.fs.daemon import (
-    READ_AHEAD_KB,
     _daemonize,
     _ready,
     _unmount_on_signal,
     _write_pid_file,
-    mount_device,
+    set_read_ahead,
     setup_logging,
     supervised,
 )
@@ -49,14 +48,7 @@ def fuse_options(fsname: str) -> set[str]:
 async def _widen_read_ahead(ops: DeviceOperations, mountpoint: Path) -> None:
     """A 1 MiB readahead window on the FUSE file (after INIT, which caps it)."""
     await ops.initialized.wait()
-    dev = mount_device(mountpoint, FSTYPE)
-    if dev is None:
-        return
-    try:
-        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
-            f.write(f"{READ_AHEAD_KB}\n")
-    except OSError as exc:
-        log.debug("readahead of %s not set: %s", mountpoint, exc)
+    set_read_ahead(mountpoint, fstype=FSTYPE)
 
 
 async def _main_loop(ops: DeviceOperations, mountpoint: Path, as_root: bool) -> None:

@@ -68,9 +68,12 @@ def mount_device(mountpoint: Path, fstype: str = "fuse.overlayboot") -> str | No
     return found[-1] if found else None
 
 
-def set_read_ahead(mountpoint: Path, kib: int = READ_AHEAD_KB) -> bool:
-    """Set the mount's readahead (root only; best effort): whether it was set."""
-    dev = mount_device(mountpoint)
+def set_read_ahead(
+    mountpoint: Path, kib: int = READ_AHEAD_KB, fstype: str = "fuse.overlayboot"
+) -> bool:
+    """Set the readahead of the ``fstype`` mount at ``mountpoint`` (root only; best
+    effort): whether it was set."""
+    dev = mount_device(mountpoint, fstype)
     if dev is None:
         return False
     try:
