@@ -230,7 +230,7 @@ def stage_grub(
         return efi
     redirect = work / "redirect.cfg"
     redirect.write_text(redirect_config(volume_uuid(epoch)))
-    files = {}
+    files: dict[str, Path] = {}
     for name, src in efi_files(chain, redirect).items():
         files[name] = work / f"efi-{len(files)}"
         shutil.copyfile(src, files[name])

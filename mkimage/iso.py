@@ -202,6 +202,4 @@ def build_iso(spec: IsoSpec, dest: Path, *, progress: bool | None = None) -> Bui
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         with atomic_output(dest) as out:
             run(xorriso_argv(spec, tree, efi, out, progress=show), env=env, capture=not show)
-    return BuiltIso(
-        dest, dest.stat().st_size, spec.menu.label, spec.signed_boot is not None
-    )
+    return BuiltIso(dest, dest.stat().st_size, spec.menu.label, spec.signed_boot is not None)

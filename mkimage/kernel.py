@@ -60,7 +60,9 @@ def package_pattern(series: str, flavour: str = "amd64", *, signed: bool = True)
     return rf"^linux-image-{re.escape(series)}{abi}-{flavour}{suffix}$"
 
 
-def find_package(series: str = DEFAULT_SERIES, flavour: str = "amd64", *, signed: bool = True) -> str:
+def find_package(
+    series: str = DEFAULT_SERIES, flavour: str = "amd64", *, signed: bool = True
+) -> str:
     """The newest package of ``series`` apt knows (see :func:`package_pattern`)."""
     pattern = package_pattern(series, flavour, signed=signed)
     out = run(["apt-cache", "search", "--names-only", pattern]).stdout.decode()

@@ -71,26 +71,42 @@ class SignedBoot:
     versions: tuple[str, str]  # of shim-signed and grub-efi-amd64-signed
 
 
-def pe_signed(path: Path) -> bool:
-    """``path`` is a PE image with an Authenticode signature (a non-empty security
-    directory; what ``sbverify --list`` lists). False for anything that is not PE."""
+@dataclass(frozen=True)
+class CertTable:
+    """Where a PE image's Authenticode certificates are: the security directory entry (its
+    offset in the file) and the table it points to (offset and size; 0, 0 if unsigned)."""
+
+    entry: int
+    offset: int
+    size: int
+
+
+def cert_table(path: Path) -> CertTable | None:
+    """The certificate table of the PE image ``path``, or None if it is not a PE image."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if len(head) < 0x40 or head[:2] != b"MZ":
-        return False
+        return None
     (pe,) = struct.unpack_from("<I", head, 0x3C)
     if pe + 24 + 2 > len(head) or head[pe : pe + 4] != b"PE\0\0":
-        return False
+        return None
     opt = pe + 24
     (magic,) = struct.unpack_from("<H", head, opt)
     dirs = {0x10B: 96, 0x20B: 112}.get(magic)  # PE32, PE32+: where the data directories begin
     if dirs is None:
-        return False
+        return None
     entry = opt + dirs + 8 * PE_SECURITY_DIRECTORY
     if entry + 8 > len(head):
-        return False
+        return None
     offset, size = struct.unpack_from("<II", head, entry)
-    return offset != 0 and size > 0
+    return CertTable(entry, offset, size)
+
+
+def pe_signed(path: Path) -> bool:
+    """``path`` is a PE image with an Authenticode signature (a non-empty certificate
+    table; what ``sbverify --list`` lists). False for anything that is not PE."""
+    table = cert_table(path)
+    return table is not None and table.offset != 0 and table.size > 0
 
 
 def _candidate(pkg: str) -> str:
