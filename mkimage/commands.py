@@ -478,3 +478,35 @@ def persistence_prune_cmd(
     tree = open_target(target)
     for line in prune(tree, list(ids), all_but_last=all_but_last, force=force, base_dir=base_dir):
         click.echo(line)
+
+
+@persistence.command("reset")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--image", "image_id", help="An image id or prefix [default: the one booted last].")
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_reset_cmd(target: Path, image_id: str | None, base_dir: str | None) -> None:
+    """Remove one image's saved changes: it boots next as if new (overlayboot.upper.reset).
+
+    TARGET as for list (a mount point while the image is not running from it)."""
+    from overlayboot.images import open_target, reset
+
+    for line in reset(open_target(target), image_id, base_dir):
+        click.echo(line)
+
+
+@persistence.command("resize")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--size", help="The new size (e.g. 2G) [default for a device: all of it].")
+@domain_errors
+def persistence_resize_cmd(target: Path, size: str | None) -> None:
+    """Grow or shrink the persistence filesystem of an image file or an unmounted device.
+
+    An image file is a bare ext4 or a disk image whose last MBR partition holds it (a stick
+    image); the file, its partition entry and the filesystem change together."""
+    from mkimage.persistence import parse_size
+    from mkimage.persistresize import resize_persistence
+
+    done = resize_persistence(target, parse_size(size) if size is not None else None)
+    where = f" (partition at byte {done.offset})" if done.offset else ""
+    click.echo(f"{done.path}{where}: ext4 resized from {done.old:,d} to {done.new:,d} bytes")
