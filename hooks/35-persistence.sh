@@ -57,12 +57,22 @@ host_mount() {
 }
 
 # args: FILE WHAT; the filesystem in FILE mounted at $OB_RUN/rw (a loop device, released
-# with the mount); WHAT names it in messages
+# with the mount); WHAT names it in messages. A LUKS-encrypted FILE is opened first
+# (luks_open: cryptsetup sets up the loop device, released when it is closed; the
+# shutdown closes it after the unmount, so that the partition holding FILE can go too).
 file_mount() {
-    fsck_upper "$1"
+    luks_open "$1"
     mkdir -p "$OB_RUN/rw"
-    mount -o loop,rw,noatime "$1" "$OB_RUN/rw" ||
-        die "cannot mount the persistence file $2: not a filesystem image? (make one with: overlayboot persistence create FILE --size 1G)"
+    if [ "$LUKS_DEV" != "$1" ]; then
+        fsck_upper "$LUKS_DEV"
+        mount -o rw,noatime "$LUKS_DEV" "$OB_RUN/rw" ||
+            die "cannot mount the encrypted persistence file $2 (opened as $LUKS_DEV): no filesystem in it? (make one: cryptsetup open FILE x; mkfs.ext4 /dev/mapper/x)"
+        state encrypted_file yes
+    else
+        fsck_upper "$1"
+        mount -o loop,rw,noatime "$1" "$OB_RUN/rw" ||
+            die "cannot mount the persistence file $2: not a filesystem image? (make one with: overlayboot persistence create FILE --size 1G)"
+    fi
     OB_UPPER_MOUNTED="$2"
     OB_UPPER_DIR=
     log "persistence: the file $2 (loop device)"

@@ -5,7 +5,9 @@
 # its WARNING/ERROR lines), daemon.log (the overlay daemon's), state. With systemd, a
 # runtime unit, /run/systemd/system/overlayboot-log.service (wanted by sysinit.target),
 # copies both into the journal (journalctl -t overlayboot), the daemon's as it grows.
-# The two files land in the root's upper (the same each boot); a failure is a WARNING.
+# An image built by mkimage carries both already (mkimage/liveroot.py: in the lower layer,
+# so nothing is written here); for an image built elsewhere they land in the root's upper
+# (the same each boot); a failure is a WARNING.
 liveroot_path() {
     [ -e /root/usr/sbin/overlayboot ] && return 0
     mkdir -p /root/usr/sbin &&

@@ -185,10 +185,21 @@ seal_if_asked() {
         "${OB_RUN%/run/overlayboot}$upperdir" || fail "sealing the partial copy-ups in $upperdir failed"
 }
 
+# args: none; an encrypted persistence file (hooks/35-persistence.sh): its filesystem
+# unmounted and its device-mapper device closed, which releases the loop device over the
+# file, so that the partition holding the file can be unmounted next
+luks_file_close() {
+    grep -qx encrypted_file=yes "$OB_RUN/state" || return 0
+    timeout 10 umount "$OB_RUN/rw" || return 0 # busy: umount_tree says so
+    "$OB_RUN/runtime/cryptsetup" close overlayboot-rw ||
+        fail "cannot close the encrypted persistence file (overlayboot-rw)"
+}
+
 # args: none; the layers and the persistence partition unmounted, and said so
 umount_layers() {
     dev=$(sed -n 's/^upper=//p' "$OB_RUN/state" | tail -n 1)
     busy=
+    luks_file_close
     umount_tree "$OB_RUN"
     grep -qx persistent=yes "$OB_RUN/state" || return 0
     case "$busy " in

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mkimage import secureboot
 from mkimage.kernel import DEFAULT_CACHE, DEFAULT_SERIES, Kernel, fetch_kernel, kernel_from_dirs
 from overlayboot.clierrors import domain_errors
 from overlayboot.errors import UsageError
@@ -277,6 +278,10 @@ def build_squashfs_cmd(
 @click.option("--timeout", type=int, default=5, show_default=True, help="GRUB menu seconds.")
 @click.option("--param", "params", multiple=True, help="A boot parameter for every entry.")
 @click.option("--no-serial", is_flag=True, help="No serial console in GRUB and the kernel.")
+@click.option(
+    "--secure-boot", type=click.Choice(secureboot.MODES), default="auto", show_default=True,
+    help="Debian's signed shim + GRUB in the EFI image (auto: when the kernel is signed).",
+)  # fmt: skip
 @click.option("--source-date-epoch", type=int, default=None)
 @domain_errors
 def build_iso_cmd(
@@ -290,6 +295,7 @@ def build_iso_cmd(
     timeout: int,
     params: tuple[str, ...],
     no_serial: bool,
+    secure_boot: str,
     source_date_epoch: int | None,
 ) -> None:
     """Build the hybrid ISO (BIOS + UEFI, CD + USB) from kernel, initramfs and squashfs."""
@@ -302,9 +308,11 @@ def build_iso_cmd(
     epoch = source_date_epoch if source_date_epoch is not None else _default_epoch()
     image = kernel_image if kernel_image is not None else fetch_kernel(cache, kernel_series).image
     menu = Menu(label=label, timeout=timeout, params=params, serial=not no_serial)
-    built = build_iso(IsoSpec(image, initramfs, squashfs, menu, epoch), output)
+    chain = secureboot.resolve(secureboot.Mode(secure_boot), image, cache)
+    built = build_iso(IsoSpec(image, initramfs, squashfs, menu, epoch, signed_boot=chain), output)
     click.echo(
         f"{built.path}: {built.size:,d} bytes, label {built.label}, "
+        f"secure boot {'on (shim + signed GRUB)' if built.secure_boot else 'off'}, "
         f"{time.monotonic() - started:.1f} s"
     )
 
@@ -470,3 +478,35 @@ def persistence_prune_cmd(
     tree = open_target(target)
     for line in prune(tree, list(ids), all_but_last=all_but_last, force=force, base_dir=base_dir):
         click.echo(line)
+
+
+@persistence.command("reset")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--image", "image_id", help="An image id or prefix [default: the one booted last].")
+@click.option("--dir", "base_dir", help=_TARGET_HELP)
+@domain_errors
+def persistence_reset_cmd(target: Path, image_id: str | None, base_dir: str | None) -> None:
+    """Remove one image's saved changes: it boots next as if new (overlayboot.upper.reset).
+
+    TARGET as for list (a mount point while the image is not running from it)."""
+    from overlayboot.images import open_target, reset
+
+    for line in reset(open_target(target), image_id, base_dir):
+        click.echo(line)
+
+
+@persistence.command("resize")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--size", help="The new size (e.g. 2G) [default for a device: all of it].")
+@domain_errors
+def persistence_resize_cmd(target: Path, size: str | None) -> None:
+    """Grow or shrink the persistence filesystem of an image file or an unmounted device.
+
+    An image file is a bare ext4 or a disk image whose last MBR partition holds it (a stick
+    image); the file, its partition entry and the filesystem change together."""
+    from mkimage.persistence import parse_size
+    from mkimage.persistresize import resize_persistence
+
+    done = resize_persistence(target, parse_size(size) if size is not None else None)
+    where = f" (partition at byte {done.offset})" if done.offset else ""
+    click.echo(f"{done.path}{where}: ext4 resized from {done.old:,d} to {done.new:,d} bytes")

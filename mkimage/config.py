@@ -32,6 +32,8 @@ Relative paths are taken from the directory of the file::
     params = []                      # added to every GRUB entry
     timeout = 5                      # seconds the GRUB menu waits
     serial = true                    # GRUB and the kernel also on ttyS0 at 115200
+    secure_boot = "auto"             # Debian's signed shim + GRUB in the EFI image: "on",
+                                     # "off", or "auto" (on when the kernel is signed)
 
     [usb]
     persistence_size = "256M"
@@ -48,6 +50,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mkimage.kernel import DEFAULT_SERIES
+from mkimage.secureboot import MODES as SECURE_BOOT_MODES
 from overlayboot.errors import UsageError
 
 DEFAULT_LABEL = "OVERLAYBOOT"
@@ -89,6 +92,7 @@ class ImageSpec:
     boot_params: tuple[str, ...] = ()
     timeout: int = 5
     serial: bool = True
+    secure_boot: str = "auto"  # a mkimage.secureboot.Mode value
     persistence_size: str = "256M"
     persistence_label: str = "overlayboot-rw"
 
@@ -99,7 +103,7 @@ SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "rootfs": {"source": str, "extra_files": dict, "suite": str, "packages": list, "script": str},
     "initramfs": {"compression": str, "params": list},
     "squashfs": {"compression": str, "level": int},
-    "boot": {"params": list, "timeout": int, "serial": bool},
+    "boot": {"params": list, "timeout": int, "serial": bool, "secure_boot": str},
     "usb": {"persistence_size": str, "persistence_label": str},
 }
 
@@ -173,6 +177,7 @@ def spec_from_dict(data: dict[str, Any], base: Path = Path()) -> ImageSpec:
     for what, value, known in (
         ("initramfs.compression", i.get("compression", "zstd"), INITRAMFS_COMPRESSIONS),
         ("squashfs.compression", s.get("compression", "zstd"), SQUASHFS_COMPRESSIONS),
+        ("boot.secure_boot", b.get("secure_boot", "auto"), SECURE_BOOT_MODES),
     ):
         if value not in known:
             raise UsageError(f"{what} = {value!r} is not one of {', '.join(known)}")
@@ -193,6 +198,7 @@ def spec_from_dict(data: dict[str, Any], base: Path = Path()) -> ImageSpec:
         boot_params=tuple(b.get("params", ())),
         timeout=b.get("timeout", 5),
         serial=b.get("serial", True),
+        secure_boot=b.get("secure_boot", "auto"),
         persistence_size=u.get("persistence_size", "256M"),
         persistence_label=u.get("persistence_label", "overlayboot-rw"),
     )

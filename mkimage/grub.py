@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkimage.secureboot import SignedBoot, efi_files, redirect_config
 from overlayboot.errors import OverlaybootError, ToolError
 from overlayboot.run import run, which
 
@@ -176,20 +177,36 @@ def mkimage(platform: str, fmt: str, config: Path, out: Path, modules: Sequence[
     )
 
 
-def efi_image(bootx64: Path, out: Path, epoch: int) -> None:
-    """A FAT image holding /EFI/BOOT/BOOTX64.EFI, with a serial and times from ``epoch``."""
+def fat_kib(files: Mapping[str, Path]) -> int:
+    """The EFI image's size: EFI_IMAGE_KIB, or more when the files need it (+512 KiB slack)."""
+    need = sum(p.stat().st_size for p in files.values()) + (512 << 10)
+    return max(EFI_IMAGE_KIB, -(-need // (1 << 20)) * 1024)
+
+
+def efi_image(files: Mapping[str, Path], out: Path, epoch: int) -> None:
+    """A FAT image holding ``files`` (path in the FAT → file), serial and times from ``epoch``."""
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch), MTOOLS_SKIP_CHECK="1")
     serial = f"{epoch & 0xFFFFFFFF:08x}"
     run(["mformat", "-i", str(out), "-C", "-N", serial, "-v", "EFIBOOT",
-         "-T", str(EFI_IMAGE_KIB * 2), "-h", "2", "-s", "32", "::"], env=env)  # fmt: skip
-    os.utime(bootx64, (epoch, epoch))
-    for d in ("::/EFI", "::/EFI/BOOT"):
-        run(["mmd", "-i", str(out), d], env=env)
-    run(["mcopy", "-m", "-i", str(out), str(bootx64), "::/EFI/BOOT/BOOTX64.EFI"], env=env)
+         "-T", str(fat_kib(files) * 2), "-h", "2", "-s", "32", "::"], env=env)  # fmt: skip
+    made: set[str] = set()
+    for name, src in sorted(files.items()):
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if d not in made:
+                run(["mmd", "-i", str(out), f"::/{d}"], env=env)
+                made.add(d)
+        os.utime(src, (epoch, epoch))
+        run(["mcopy", "-m", "-i", str(out), str(src), f"::/{name}"], env=env)
 
 
-def stage_grub(tree: Path, work: Path, menu: Menu, epoch: int) -> Path:
-    """GRUB's files into the ISO ``tree``; returns the EFI image (made in ``work``)."""
+def stage_grub(
+    tree: Path, work: Path, menu: Menu, epoch: int, chain: SignedBoot | None = None
+) -> Path:
+    """GRUB's files into the ISO ``tree``; returns the EFI image (made in ``work``): GRUB's
+    own ``grub-mkimage`` build, or with ``chain`` Debian's signed shim and GRUB
+    (mkimage.secureboot)."""
     check_tools()
     grub = tree / "boot" / "grub"
     grub.mkdir(parents=True, exist_ok=True)
@@ -205,10 +222,19 @@ def stage_grub(tree: Path, work: Path, menu: Menu, epoch: int) -> Path:
         grub / BIOS_PLATFORM / "eltorito.img",
         BIOS_CORE_MODULES,
     )
-    bootx64 = work / "BOOTX64.EFI"
-    mkimage(EFI_PLATFORM, "x86_64-efi", config, bootx64, EFI_CORE_MODULES)
     efi = work / "efi.img"
-    efi_image(bootx64, efi, epoch)
+    if chain is None:
+        bootx64 = work / "BOOTX64.EFI"
+        mkimage(EFI_PLATFORM, "x86_64-efi", config, bootx64, EFI_CORE_MODULES)
+        efi_image({"EFI/BOOT/BOOTX64.EFI": bootx64}, efi, epoch)
+        return efi
+    redirect = work / "redirect.cfg"
+    redirect.write_text(redirect_config(volume_uuid(epoch)))
+    files: dict[str, Path] = {}
+    for name, src in efi_files(chain, redirect).items():
+        files[name] = work / f"efi-{len(files)}"
+        shutil.copyfile(src, files[name])
+    efi_image(files, efi, epoch)
     return efi
 
 

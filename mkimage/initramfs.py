@@ -4,7 +4,7 @@ Layout (paths inside the archive; the boot flow relies on them)::
 
     /init                                 mkimage/init.sh (POSIX sh, busybox)
     /bin/busybox + applet symlinks        at the paths ``busybox --list-full`` gives
-    /lib/modules/VERSION/kernel/...       the modules (.ko.xz as packaged), with a
+    /lib/modules/VERSION/kernel/...       the modules, uncompressed (.ko), with a
     /lib/modules/VERSION/modules.dep      modules.dep of just those, and modules.builtin
     /usr/lib/overlayboot/modules.load     absolute paths of the modules, in load order
     /usr/lib/overlayboot/net-modules.load the network boot's (NIC, NFS), in load order
@@ -21,6 +21,8 @@ is written under a temporary name and renamed.
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import re
 import shlex
 import tempfile
@@ -163,6 +165,30 @@ def busybox_entries(busybox: Path) -> list[Entry]:
     return entries
 
 
+MODULE_COMPRESSIONS = (".xz", ".zst", ".gz")
+
+
+def plain_name(rel: str) -> str:
+    """A module's path in the initramfs: ``.ko``, whatever compression it was packaged with."""
+    for ext in MODULE_COMPRESSIONS:
+        if rel.endswith(".ko" + ext):
+            return rel[: -len(ext)]
+    return rel
+
+
+def plain_module(src: Path) -> bytes | Path:
+    """The module file as the kernel takes it (its signature is on the plain ELF): the
+    initramfs is compressed as a whole, and busybox's insmod hands a compressed module
+    to the kernel first, which refuses it with a line on the console, before unpacking it."""
+    if src.name.endswith(".ko.xz"):
+        return lzma.decompress(src.read_bytes())
+    if src.name.endswith(".ko.gz"):
+        return gzip.decompress(src.read_bytes())
+    if src.name.endswith(".ko.zst"):
+        return run(["zstd", "-dc", str(src)]).stdout
+    return src
+
+
 def module_entries(kernel: Kernel, modules: ModuleSet, net: ModuleSet | None = None) -> list[Entry]:
     """The module files, a modules.dep restricted to them, modules.builtin, the load orders
     (the boot's, and the network boot's extra ones)."""
@@ -173,20 +199,21 @@ def module_entries(kernel: Kernel, modules: ModuleSet, net: ModuleSet | None = N
         src = kernel.modules / rel
         if not src.is_file():
             raise InitramfsError(f"module file {src} is missing")
-        entries.append(Entry.file(f"{base}/{rel}", src))
+        entries.append(Entry.file(f"{base}/{plain_name(rel)}", plain_module(src)))
     included = set(modules.files) | set(net_files)
     table = parse_dep(kernel.module_dep().read_text())
     dep_lines = []
     for path, deps in sorted(table.values()):
         if path in included:
-            dep_lines.append(f"{path}: {' '.join(d for d in deps if d in included)}".rstrip())
+            kept = " ".join(plain_name(d) for d in deps if d in included)
+            dep_lines.append(f"{plain_name(path)}: {kept}".rstrip())
     entries.append(Entry.file(f"{base}/modules.dep", "".join(f"{x}\n" for x in dep_lines).encode()))
     builtin = kernel.modules / "modules.builtin"
     if builtin.is_file():
         entries.append(Entry.file(f"{base}/modules.builtin", builtin))
-    load = "".join(f"/{base}/{rel}\n" for rel in modules.files)
+    load = "".join(f"/{base}/{plain_name(rel)}\n" for rel in modules.files)
     entries.append(Entry.file(str(MODULES_LOAD), load.encode()))
-    net_load = "".join(f"/{base}/{rel}\n" for rel in net_files)
+    net_load = "".join(f"/{base}/{plain_name(rel)}\n" for rel in net_files)
     entries.append(Entry.file(str(NET_MODULES_LOAD), net_load.encode()))
     return entries
 

@@ -13,7 +13,8 @@ filesystem from 32 KiB (type 0x00, bootable), partition 2 the EFI system partiti
 (``efi.img``, type 0xef) appended after it; slots 3 and 4 are free (mkimage.usb puts the
 persistence partition in slot 3). BIOS boots the El Torito image from a CD and the same
 GRUB core through GRUB's ``boot_hybrid.img`` MBR from a disk; UEFI boots the EFI image as
-the El Torito EFI entry from a CD and from the ESP on a disk.
+the El Torito EFI entry from a CD and from the ESP on a disk; with ``signed_boot`` that
+image is Debian's signed shim + GRUB, which Secure Boot accepts (mkimage.secureboot).
 
 Reproducible: xorriso gets ``SOURCE_DATE_EPOCH`` (it then fixes every file and volume
 date) and the volume UUID GRUB searches for is derived from it (mkimage.grub).
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from mkimage import grub
 from mkimage.atomic import atomic_output
+from mkimage.secureboot import SignedBoot
 from overlayboot.errors import OverlaybootError, UsageError
 from overlayboot.run import run
 
@@ -55,6 +57,7 @@ class IsoSpec:
     menu: grub.Menu = field(default_factory=grub.Menu)
     source_date_epoch: int = 0
     check_label: bool = True  # the initramfs's baked label must equal menu.label
+    signed_boot: SignedBoot | None = None  # Debian's shim + GRUB in the EFI image
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class BuiltIso:
     path: Path
     size: int
     label: str
+    secure_boot: bool = False  # the EFI image is the signed chain
 
 
 def sha256(path: Path) -> str:
@@ -190,7 +194,7 @@ def build_iso(spec: IsoSpec, dest: Path, *, progress: bool | None = None) -> Bui
         work = Path(tmp) / "work"
         tree.mkdir()
         work.mkdir()
-        efi = grub.stage_grub(tree, work, spec.menu, epoch)
+        efi = grub.stage_grub(tree, work, spec.menu, epoch, spec.signed_boot)
         payload = {KERNEL: spec.kernel, INITRD: spec.initramfs, SQUASHFS: spec.squashfs}
         (tree / SUMS).write_text(sums_text(payload))
         for d in (tree / "boot", tree / "live"):
@@ -198,4 +202,4 @@ def build_iso(spec: IsoSpec, dest: Path, *, progress: bool | None = None) -> Bui
         env = dict(os.environ, SOURCE_DATE_EPOCH=str(epoch))
         with atomic_output(dest) as out:
             run(xorriso_argv(spec, tree, efi, out, progress=show), env=env, capture=not show)
-    return BuiltIso(dest, dest.stat().st_size, spec.menu.label)
+    return BuiltIso(dest, dest.stat().st_size, spec.menu.label, spec.signed_boot is not None)

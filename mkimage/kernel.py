@@ -1,7 +1,10 @@
 """Getting a kernel for the guest: a Debian kernel package fetched and unpacked into a cache.
 
 ``fetch_kernel`` runs ``apt-get download`` for a ``linux-image-*`` package (the
-newest of a series, by default bookworm-security's 6.12), unpacks it with
+newest of a series, by default bookworm-security's 6.12), by default the signed one
+(``linux-image-X-amd64`` from linux-signed-amd64: its vmlinuz carries Debian's Secure
+Boot signature; the modules of both packages are the same, signed by the build's own
+key), ``signed=False`` the ``-unsigned`` one; unpacks it with
 ``dpkg -x`` without touching the host's /boot, and runs ``depmod -b`` since the
 .deb ships no modules.dep. ``kernel_from_dirs`` takes any kernel image and
 modules directory instead.
@@ -46,12 +49,22 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", name))
 
 
-def find_package(series: str = DEFAULT_SERIES, flavour: str = "amd64") -> str:
-    """The newest ``linux-image-<series>.*-<flavour>-unsigned`` package apt knows."""
+def package_pattern(series: str, flavour: str = "amd64", *, signed: bool = True) -> str:
+    """The regex of the package names of ``series`` (``6.12`` or an exact ``6.12.118+deb12``):
+    ``linux-image-6.12.118+deb12-amd64`` (signed) or ``…-amd64-unsigned``; never the
+    cloud or rt flavours, nor -dbg."""
+    suffix = "" if signed else "-unsigned"
     if re.fullmatch(r"\d+\.\d+\.\d+.*", series):
-        pattern = rf"^linux-image-{re.escape(series)}-{flavour}(-unsigned)?$"
-    else:
-        pattern = rf"^linux-image-{re.escape(series)}[.][0-9][-.0-9a-z+]*-{flavour}-unsigned$"
+        return rf"^linux-image-{re.escape(series)}-{flavour}{suffix}$"
+    abi = r"[.][0-9][.0-9]*(\+deb[0-9]+|-[0-9]+)"
+    return rf"^linux-image-{re.escape(series)}{abi}-{flavour}{suffix}$"
+
+
+def find_package(
+    series: str = DEFAULT_SERIES, flavour: str = "amd64", *, signed: bool = True
+) -> str:
+    """The newest package of ``series`` apt knows (see :func:`package_pattern`)."""
+    pattern = package_pattern(series, flavour, signed=signed)
     out = run(["apt-cache", "search", "--names-only", pattern]).stdout.decode()
     names = [line.split(" - ")[0].strip() for line in out.splitlines() if line.strip()]
     names = [n for n in names if re.search(pattern, n)]
@@ -95,9 +108,11 @@ def _unpack(pkg: str, root: Path, debs: Path) -> None:
     tmp.rename(root)
 
 
-def fetch_kernel(cache: Path = DEFAULT_CACHE, series: str = DEFAULT_SERIES) -> Kernel:
+def fetch_kernel(
+    cache: Path = DEFAULT_CACHE, series: str = DEFAULT_SERIES, *, signed: bool = True
+) -> Kernel:
     """Download and unpack a Debian kernel into ``cache``; reuse it if already there."""
-    pkg = find_package(series)
+    pkg = find_package(series, signed=signed)
     root = cache / "kernels" / pkg
     stamp = root / ".complete"
     with cache_lock(cache, f"kernel-{pkg}"):

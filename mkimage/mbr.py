@@ -89,6 +89,13 @@ def add_partition(sector0: bytes, part: Partition) -> bytes:
     return sector0[:off] + entry + sector0[off + ENTRY.size : SECTOR] + sector0[SECTOR:]
 
 
+def remove_partition(sector0: bytes, slot: int) -> bytes:
+    """``sector0`` with slot ``slot`` emptied (to write it again with another size)."""
+    read_table(sector0)  # an MBR, or an MbrError
+    off = TABLE_OFFSET + (slot - 1) * ENTRY.size
+    return sector0[:off] + bytes(ENTRY.size) + sector0[off + ENTRY.size :]
+
+
 def new_table(disk_id: int) -> bytes:
     """An empty MBR (no boot code) with a disk identifier."""
     sector = bytearray(SECTOR)

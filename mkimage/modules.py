@@ -21,18 +21,21 @@ HARDWARE_MODULES: tuple[str, ...] = (
 # A LUKS-encrypted persistence (cryptsetup's default aes-xts-plain64; aes and cbc are built
 # in, AES-NI is used when the CPU has it).
 LUKS_MODULES: tuple[str, ...] = ("dm_mod", "dm_crypt", "xts", "aesni_intel")
+# The EFI variables as a filesystem (systemd mounts it at /sys/firmware/efi/efivars;
+# efibootmgr, mokutil and the Secure Boot state read it). Debian builds it as a module.
+EFI_MODULES: tuple[str, ...] = ("efivarfs",)
 # What a live boot needs: FUSE, the media filesystems, loop, disks, CD, USB, virtio.
 BOOT_MODULES: tuple[str, ...] = (
     "fuse", "squashfs", "isofs", "overlay", "loop", "ext4", "vfat", "nls_cp437",
     "nls_iso8859_1", "nls_utf8", "sr_mod", "sd_mod", "cdrom", "ata_piix", "ahci",
     "virtio_pci", "virtio_blk", "virtio_scsi", "usb_storage", "uas", "xhci_pci",
     "ehci_pci", "ohci_pci", "uhci_hcd", "usbhid", "hid_generic", "crc32c_generic",
-    *HARDWARE_MODULES, *LUKS_MODULES,
+    *HARDWARE_MODULES, *LUKS_MODULES, *EFI_MODULES,
 )  # fmt: skip
 # Wanted when present, not an error when missing from a given kernel.
 OPTIONAL_MODULES = frozenset(
     {"ohci_pci", "uhci_hcd", "ehci_pci", "usbhid", "hid_generic", "crc32c_generic", "nls_cp437",
-     "sdhci_acpi", "nls_ascii", "nls_cp850", "aesni_intel"}
+     "sdhci_acpi", "nls_ascii", "nls_cp850", "aesni_intel", "efivarfs"}
 )  # fmt: skip
 # The network boot's (hooks/15-network.sh loads them, only when the boot needs the
 # network): the NICs of PCs and VMs (r8169's PHY driver realtek), the NFS client. All

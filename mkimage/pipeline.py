@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkimage import grub, rootfs
+from mkimage import grub, rootfs, secureboot
 from mkimage.cachelock import cache_lock
 from mkimage.config import ImageSpec
 from mkimage.iso import IsoSpec, build_iso
@@ -151,7 +151,8 @@ def build_all(spec: ImageSpec, epoch: int, *, steps: Steps, cache: Path = DEFAUL
             persistence_label=spec.persistence_label,
             serial=spec.serial,
         )
-        iso = IsoSpec(kernel.image, out.initramfs, out.squashfs, menu, epoch)
+        chain = secureboot.resolve(secureboot.Mode(spec.secure_boot), kernel.image, cache)
+        iso = IsoSpec(kernel.image, out.initramfs, out.squashfs, menu, epoch, signed_boot=chain)
         build_iso(iso, out.iso, progress=False)
     with steps.step("usb"):
         build_usb(out.iso, out.usb, size=persistence, label=spec.persistence_label, epoch=epoch)

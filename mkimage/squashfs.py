@@ -10,7 +10,8 @@ are kept. On a terminal mksquashfs draws its own progress bar.
 
 The image carries its id (``mkimage.imageid``: a digest of the tree) at
 ``/.overlayboot/image-id``, added as a pseudo file, so the tree on disk is not touched;
-an id file already in the tree is left out in favour of the new one.
+an id file already in the tree is left out in favour of the new one. With it come
+``/usr/sbin/overlayboot`` and ``/var/log/overlayboot`` (mkimage.liveroot).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from mkimage import imageid
+from mkimage import imageid, liveroot
 from mkimage.atomic import atomic_output
 from mkimage.rootfs import Root, check_root
 from overlayboot.errors import OverlaybootError, UsageError
@@ -103,10 +104,12 @@ def mksquashfs_argv(
         argv += ["-Xcompression-level", str(spec.level)]
     if all_root_of(root, spec):
         argv.append("-all-root")
-    if image_id is not None:
-        argv += id_file_argv(root, image_id)
     if not progress:
         argv += ["-no-progress", "-quiet"]
+    if image_id is not None:
+        # last: the id file's options end with -e, which takes every argument after it
+        argv += liveroot.pseudo_argv(root)
+        argv += id_file_argv(root, image_id)
     return argv
 
 

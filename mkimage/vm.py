@@ -101,6 +101,11 @@ class VmConfig:
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+# Secure Boot: OVMF built with SMM (its variable store is then writable only from SMM) and
+# a variable store with Microsoft's keys enrolled and Secure Boot on (Debian's ovmf)
+OVMF_CODE_SECBOOT = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+OVMF_VARS_MS = Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+SECBOOT_ARGS = ("-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on")
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,9 @@ class MediaVmConfig:
     """Boot from firmware: an ISO as a CD (``cdrom``) or a disk image (``disk``).
 
     ``uefi`` uses OVMF on q35 (pflash: the read-only code and ``vars``, a writable copy of
-    OVMF_VARS.fd that the caller makes); otherwise SeaBIOS on the default machine. Disks
+    OVMF_VARS.fd that the caller makes); ``secure_boot`` the SMM build of OVMF with Secure
+    Boot enforced (``vars``: a copy of OVMF_VARS_MS); otherwise SeaBIOS on the default
+    machine. Disks
     are opened with ``-snapshot``: the image is never written.
     """
 
@@ -119,14 +126,16 @@ class MediaVmConfig:
     vars: Path | None = None
     memory_mib: int = 1024
     extra: Sequence[str] = ()
+    secure_boot: bool = False  # implies uefi
 
     def argv(self) -> list[str]:
         args = [QEMU, *accel_args(smp_cpus(self.extra)), "-m", str(self.memory_mib)]
         args += ["-nographic", "-no-reboot"]
-        if self.uefi:
-            assert self.vars is not None, "UEFI needs a writable copy of OVMF_VARS.fd"
-            args += ["-machine", "q35"]
-            args += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}"]
+        if self.uefi or self.secure_boot:
+            assert self.vars is not None, "UEFI needs a writable copy of OVMF's variables"
+            code = OVMF_CODE_SECBOOT if self.secure_boot else OVMF_CODE
+            args += list(SECBOOT_ARGS) if self.secure_boot else ["-machine", "q35"]
+            args += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}"]
             args += ["-drive", f"if=pflash,format=raw,file={self.vars}"]
         if self.cdrom is not None:
             args += ["-cdrom", str(self.cdrom)]

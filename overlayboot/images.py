@@ -1,4 +1,5 @@
-"""``overlayboot persistence list|prune``: the changes each image keeps on a persistence partition.
+"""``overlayboot persistence list|prune|reset``: the changes each image keeps on a persistence
+partition.
 
 The boot (hooks/40-upper.sh) keeps them per image id, under a base directory: ``overlayboot/
 <medium label>`` on the partition, or the DIR of ``overlayboot.upper=DEV:DIR``::
@@ -312,6 +313,30 @@ def prune(
     return done or [f"{tree.where}: nothing to remove"]
 
 
+def reset(tree: Tree, image_id: str | None = None, base_dir: str | None = None) -> list[str]:
+    """``persistence reset``: remove one image's saved changes (default: the image booted
+    last), as the boot's ``overlayboot.upper.reset`` does; the next boot starts it afresh."""
+    if image_id is not None and not _ID.fullmatch(image_id):
+        raise UsageError(f"{image_id!r} is not an image id", "see overlayboot persistence list")
+    bases = base_paths(tree, base_dir)
+    if not bases:
+        raise PersistenceError(f"{tree.where}: no overlayboot changes")
+    if len(bases) > 1:
+        raise UsageError(f"{tree.where} holds several base directories", "choose one with --dir")
+    base = read_base(tree, bases[0])
+    want = image_id or base.last_id
+    chosen, unknown = _select(base, [want] if want else [])
+    if not chosen or unknown:
+        known = ", ".join(i.image_id for i in base.images) or "none"
+        raise PersistenceError(
+            f"no saved changes of image {want or '(none booted last)'} in /{base.path}",
+            f"images: {known}",
+        )
+    _check_unused(tree, [f"{base.path}/images/{i}/upper" for i in chosen])
+    tree.remove([f"{base.path}/images/{i}" for i in chosen])
+    return [f"reset image {i} on /{base.path}: its saved changes are removed" for i in chosen]
+
+
 def _check_unused(tree: Tree, uppers: list[str]) -> None:
     """A mounted directory: no overlay (or daemon) may be using the uppers."""
     if not isinstance(tree, DirTree):
@@ -336,7 +361,7 @@ def _has_ext(path: Path, offset: int) -> bool:
         raise PersistenceError(f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _ext_offset(path: Path) -> int:
+def ext_offset(path: Path) -> int:
     """Where the ext2/3/4 filesystem of an image or device starts: 0, or an MBR partition."""
     if _has_ext(path, 0):
         return 0
@@ -367,4 +392,4 @@ def open_target(target: Path) -> Tree:
                 raise ConfigError(f"{target} is mounted on {m.target}", "give its mount point")
     elif not target.is_file():
         raise UsageError(f"{target} is neither a directory, an image file nor a block device")
-    return DebugfsTree(target, _ext_offset(target))
+    return DebugfsTree(target, ext_offset(target))

@@ -101,6 +101,9 @@ def test_dracut_line_with_persistence_on_an_sd_card(
         assert guest.sh(f"grep -c '^WARNING: overlayboot: rd.writable.fsimg' {log}") == "1"
         assert guest.sh(f"grep -c 'overlayboot: switching to the live root' {log}") == "1"
         assert guest.sh("overlayboot status | grep -c 'changes:'") == "1"
+        # both come with the image (mkimage/liveroot.py): the boot wrote neither into the upper
+        written = f"ls -d {upper}/usr/sbin/overlayboot {upper}/var/log/overlayboot 2>/dev/null"
+        assert guest.sh(f"{written} | wc -l") == "0"
 
 
 @pytest.mark.slow

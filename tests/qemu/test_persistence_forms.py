@@ -112,3 +112,37 @@ def test_a_luks_persistence_asks_its_passphrase_on_the_console(
             else:
                 assert guest.sh("cat /secret") == "sealed"
     assert b"sealed" not in crypt.read_bytes()  # encrypted on the disk
+
+
+def test_a_luks_persistence_file_on_exfat(
+    kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
+) -> None:
+    """A LUKS2 file on a stick's exFAT partition: found by name, then by path; the
+    passphrase asked for the file; the shutdown closes it so that the stick's partition
+    is unmounted and the file's ext4 is clean at the next boot."""
+    root = build_root(tmp_path / "root")
+    iso = iso_with(root, "live", "live/filesystem.squashfs", "OVERLAYBOOT")
+    luks_partition(tmp_path / "persistence", "correct horse")
+    stick = exfat_disk(tmp_path / "stick.img", {"persistence": tmp_path / "persistence"},
+                       size_mib=96)  # fmt: skip
+    drives = [
+        "-drive", f"file={iso},media=cdrom,readonly=on,if=ide",
+        "-drive", f"file={stick},format=raw,if=virtio",
+    ]  # fmt: skip
+    prompt = r"^overlayboot: passphrase of the encrypted persistence .*/persistence \(LUKS, try 1"
+    for line in (("boot=live", "persistence"), ("overlayboot.upper=/dev/vda1:/persistence",)):
+        with booted(kernel, initramfs, drives, *line, until=prompt) as guest:
+            vm = guest.vm
+            vm.send("correct horse\n")
+            vm.wait_for(r"OVERLAYBOOT-ROOT: up", timeout=120)
+            assert state(guest, "encrypted_file") == "yes", vm.log()
+            assert state(guest, "persistence_file") == "/dev/vda1:/persistence"
+            if line[0] == "boot=live":
+                assert guest.sh("echo sealed > /secret && cat /secret") == "sealed"
+            else:
+                assert guest.sh("cat /secret") == "sealed"
+                assert state(guest, "fsck") == "0"  # the shutdown left the file's ext4 clean
+        shutdown = [ln.text for ln in vm.lines if "shutdown" in ln.text]
+        assert not [ln for ln in shutdown if ln.startswith("ERROR")], shutdown
+        assert any("is unmounted" in ln for ln in shutdown), shutdown
+    assert b"sealed" not in stick.read_bytes()  # encrypted on the stick

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mkimage import mbr
 from overlayboot.cli import cli
+from overlayboot.run import run
 
 pytestmark = pytest.mark.slow
 
@@ -30,3 +32,10 @@ def test_build_all_with_a_config(tmp_path: Path) -> None:
     assert (out / "rootfs/etc/motd").read_text() == "hello from image.toml\n"
     for step in ("[1/6] kernel", "[3/6] squashfs", "[6/6] usb", "total "):
         assert step in res.output
+    # the default kernel is Debian's signed one, so the EFI partition holds the signed chain
+    with open(out / "overlayboot.iso", "rb") as f:
+        esp = mbr.read_table(f.read(mbr.SECTOR))[1]
+    image = f"-i{out / 'overlayboot.iso'}@@{esp.start * mbr.SECTOR}"
+    env = {"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin"}
+    listing = run(["mdir", "-/", "-b", image, "::/EFI/BOOT"], env=env).stdout.decode()
+    assert "BOOTX64.EFI" in listing and "grubx64.efi" in listing, listing
