@@ -15,7 +15,7 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
-from overlayboot.fs import seal, upperlock
+from overlayboot.fs import cowseal, seal, upperlock
 from overlayboot.fs.config import split_lowerdir
 
 Echo = Callable[[str], None]
@@ -112,6 +112,18 @@ def _walk(root: bytes, lowers: list[bytes] | None, *, seal_them: bool) -> list[s
         ) from None
 
 
+def _unshare(root: bytes) -> int:
+    """Files shared by clones and their sources made copies (see fs/cowseal.py)."""
+    try:
+        return cowseal.unshare_all(root, seal.namespaces())
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
+        raise UpperError(
+            f"cannot copy a shared file at {where}: {exc.strerror}",
+            "check the upper filesystem's free space and permissions",
+        ) from None
+
+
 def check(upper: Path, lower: str | None, echo: Echo) -> None:
     """List the partial copy-ups; UpperError if any of them cannot be read."""
     findings = _walk(_dir(upper, "upper dir"), _lowers(lower), seal_them=False)
@@ -138,9 +150,12 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
                 f"upper dir {upper} is in use by {', '.join(busy)}",
                 "unmount the overlay first, or mount it with --seal-on-umount",
             )
+        unshared = _unshare(root)
         findings = _walk(root, lowers, seal_them=True)
     finally:
         os.close(lock)
+    if unshared:
+        echo(f"{unshared} files shared with clones in {upper} copied")
     bad = _report(findings, "sealed", "FAILED", echo)
     echo(f"{len(findings) - bad} partial copy-ups in {upper} made whole, {bad} left partial")
     _fail_if(bad, "could not be sealed")

@@ -12,7 +12,6 @@ one name left is dropped at its next change. ``upper seal`` gives every name its
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -20,6 +19,7 @@ import trio
 
 from overlayboot.fs import longpath
 from overlayboot.fs.core import Overlay
+from overlayboot.fs.cowseal import copy_attributes
 from overlayboot.fs.datacopy import copy_data
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.whiteout import XattrNames, getxattr
@@ -106,28 +106,3 @@ async def own_copy(overlay: Overlay, src: bytes, *, data: bool = True) -> bytes:
             pass
         raise
     return tmp
-
-
-def copy_attributes(
-    src: bytes, fd: int, st: os.stat_result, names: XattrNames, *, data: bool = True
-) -> None:
-    """Owner, mode, every xattr (the overlay's own too, but the shared mark), times.
-
-    Without ``data`` a partial copy-up's chunk map is left behind (the file is empty).
-    """
-    os.fchown(fd, st.st_uid, st.st_gid)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    skip = {names.cow} if data else {names.cow, names.chunks}
-    try:
-        keys = longpath.listxattr(src)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.ENODATA):
-            raise
-        keys = []
-    for key in keys:
-        if key in skip:
-            continue
-        value = getxattr(src, key)
-        if value is not None:
-            os.setxattr(fd, key, value)
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
