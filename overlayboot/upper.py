@@ -15,7 +15,7 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
-from overlayboot.fs import cowseal, seal, upperlock
+from overlayboot.fs import cloneseal, cowseal, seal, upperlock
 from overlayboot.fs.config import split_lowerdir
 
 Echo = Callable[[str], None]
@@ -112,14 +112,17 @@ def _walk(root: bytes, lowers: list[bytes] | None, *, seal_them: bool) -> list[s
         ) from None
 
 
-def _unshare(root: bytes) -> int:
-    """Files shared by clones and their sources made copies (see fs/cowseal.py)."""
+def _unshare(root: bytes, lowers: list[bytes] | None) -> int:
+    """Clones made what kernel overlayfs can show: clones of lower directories
+    materialized (fs/cloneseal.py), files shared with clones copied (fs/cowseal.py)."""
     try:
+        for names in seal.namespaces():
+            cloneseal.materialize_all(root, lowers, names)
         return cowseal.unshare_all(root, seal.namespaces())
     except OSError as exc:
         where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
         raise UpperError(
-            f"cannot copy a shared file at {where}: {exc.strerror}",
+            f"cannot make the clones at {where} plain copies: {exc.strerror}",
             "check the upper filesystem's free space and permissions",
         ) from None
 
@@ -150,7 +153,7 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
                 f"upper dir {upper} is in use by {', '.join(busy)}",
                 "unmount the overlay first, or mount it with --seal-on-umount",
             )
-        unshared = _unshare(root)
+        unshared = _unshare(root, lowers)
         findings = _walk(root, lowers, seal_them=True)
     finally:
         os.close(lock)

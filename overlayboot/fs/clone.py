@@ -34,6 +34,7 @@ import trio
 from overlayboot.fs import chunked, cow, longpath, sysio
 from overlayboot.fs.chunkmap import LowerIdentity
 from overlayboot.fs.clonereq import R_OK, W_OK, X_OK, Caller, CloneRequest
+from overlayboot.fs.cloneseal import encode_mark
 from overlayboot.fs.copyup import copy_up, copy_xattrs, remove_tmp
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.datacopy import copy_data
@@ -169,7 +170,9 @@ async def build_dir(
         if res.lowers and not res.opaque:
             set_redirect(tmp, b"/" + res.lowers[0][1], overlay.names)
             _check_redirect(overlay, tmp, res)
-        longpath.setxattr(tmp, overlay.names.clone, b"%d" % random.getrandbits(62))
+        roots = [layer.root for layer in overlay.layers]
+        mark = encode_mark(random.getrandbits(62), roots)
+        longpath.setxattr(tmp, overlay.names.clone, mark)
     elif src.upper is not None and res.redirect is not None:
         set_redirect(tmp, res.redirect, overlay.names)  # same parent stack: same meaning
     if src.upper is not None:

@@ -157,7 +157,7 @@ def get_clone_mark(path: bytes, names: XattrNames) -> int | None:
     """The clone number a directory starts (``overlayboot.clone``), None if it has none."""
     raw = getxattr(path, names.clone)
     try:
-        return int(raw) if raw else None
+        return int(raw.split(b"\0", 1)[0]) if raw else None
     except ValueError:
         return None
 
