@@ -122,8 +122,8 @@ def _unshare(root: bytes, lowers: list[bytes] | None) -> int:
     except OSError as exc:
         where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
         raise UpperError(
-            f"cannot make the clones at {where} plain copies: {exc.strerror}",
-            "check the upper filesystem's free space and permissions",
+            f"cannot read {where}: {exc.strerror}",
+            "check the upper filesystem (fsck), its free space and its permissions",
         ) from None
 
 

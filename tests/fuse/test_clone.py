@@ -248,6 +248,7 @@ def test_another_uid_clones_only_what_it_may(ovl: Ovl) -> None:
 
     def request(parent: str, value: bytes) -> object:
         os.setxattr(parent, REQUEST_XATTR, value)
+        os.getxattr(parent, REQUEST_XATTR)  # the command's barrier (see fs/clonereq.py)
         return "done"
 
     def as_1000(parent: str, value: bytes) -> object:
