@@ -43,6 +43,7 @@ from overlayboot.fs.inodes import Node
 from overlayboot.fs.lookup import LowerRef, Resolved, lookup, upper_entry
 from overlayboot.fs.whiteout import (
     XattrNames,
+    getxattr,
     is_whiteout_stat,
     make_whiteout,
     set_opaque,
@@ -170,14 +171,23 @@ async def build_dir(
         if res.lowers and not res.opaque:
             set_redirect(tmp, b"/" + res.lowers[0][1], overlay.names)
             _check_redirect(overlay, tmp, res)
-        roots = [layer.root for layer in overlay.layers]
-        mark = encode_mark(random.getrandbits(62), roots)
-        longpath.setxattr(tmp, overlay.names.clone, mark)
-    elif src.upper is not None and res.redirect is not None:
-        set_redirect(tmp, res.redirect, overlay.names)  # same parent stack: same meaning
+        _new_mark(overlay, tmp)
+    elif src.upper is not None:
+        if res.redirect is not None:
+            set_redirect(tmp, res.redirect, overlay.names)  # same parent stack: same meaning
+        if getxattr(src.upper, overlay.names.clone) is not None:
+            # a clone inside the source: its copy shows the same lower directory again,
+            # so it needs numbers of its own too
+            _new_mark(overlay, tmp)
     if src.upper is not None:
         await clone_entries(overlay, src, tmp, busy)
     _set_attributes(overlay.names, real, tmp, st)
+
+
+def _new_mark(overlay: Overlay, path: bytes) -> None:
+    """Make ``path`` the root of a clone: a new random number, and the lower roots."""
+    roots = [layer.root for layer in overlay.layers]
+    longpath.setxattr(path, overlay.names.clone, encode_mark(random.getrandbits(62), roots))
 
 
 def _check_redirect(overlay: Overlay, tmp: bytes, res: Resolved) -> None:
