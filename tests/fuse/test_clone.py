@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.skipif(not have_fuse(), reason="needs root and /dev/fuse"),
 ]
 
-GIB = 1 << 30
+BIG = 256 << 20  # a "large" file in the tests (the bench clones 1 GiB)
 
 
 def _read(path: str) -> str:
@@ -114,10 +114,10 @@ def test_clone_of_a_lower_tree_is_lazy_and_apart(ovl: Ovl) -> None:
 def test_clone_of_a_large_lower_file_costs_a_chunk_per_write(ovl_factory: OvlFactory) -> None:
     def prepare(o: Ovl) -> None:
         with open(o.lower1 / "big", "wb") as f:
-            f.truncate(GIB)  # sparse in the lower: no disk, 1 GiB seen
-            f.seek(GIB // 2)
+            f.truncate(BIG)  # sparse in the lower: no disk, 1 GiB seen
+            f.seek(BIG // 2)
             f.write(b"middle")
-            f.seek(GIB - 5)
+            f.seek(BIG - 5)
             f.write(b"tail!")
 
     o = ovl_factory(prepare=prepare)
@@ -128,25 +128,25 @@ def test_clone_of_a_large_lower_file_costs_a_chunk_per_write(ovl_factory: OvlFac
     grown = upper_bytes(o.upper) - before
     assert grown <= 64 << 10, grown
     assert took < 2.0, took
-    assert os.stat(o.m("big2")).st_size == GIB
+    assert os.stat(o.m("big2")).st_size == BIG
     with open(o.m("big2"), "r+b") as f:
-        f.seek(GIB // 2)
+        f.seek(BIG // 2)
         assert f.read(6) == b"middle"
-        f.seek(GIB // 4)
+        f.seek(BIG // 4)
         f.write(b"x" * 4096)
     chunk = 64 << 10
     assert upper_bytes(o.upper) - before <= grown + chunk
     with open(o.m("big2"), "rb") as f:
-        f.seek(GIB // 4 - 1)
+        f.seek(BIG // 4 - 1)
         assert f.read(4098) == b"\0" + b"x" * 4096 + b"\0"
-        f.seek(GIB - 5)
+        f.seek(BIG - 5)
         assert f.read() == b"tail!"
     with open(o.m("big"), "rb") as f:
-        f.seek(GIB // 4)
+        f.seek(BIG // 4)
         assert f.read(4096) == bytes(4096)
     o.remount()
     with open(o.m("big2"), "rb") as f:
-        f.seek(GIB // 4)
+        f.seek(BIG // 4)
         assert f.read(4096) == b"x" * 4096
 
 
