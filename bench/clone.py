@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from bench.lower import prepare
 from bench.mounts import Mounts, mounted_under, mounts
 from bench.options import Options
 from overlayboot.clonecmd import clone
+from overlayboot.run import run
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = ("kernel", "fuse-overlayfs", "overlayboot")
@@ -55,7 +55,7 @@ def measure(upper_fs: Path, action: Callable[[], object]) -> tuple[float, int]:
 
 def cp(*args: str | Path) -> Callable[[], bool]:
     def go() -> bool:
-        return subprocess.run(["cp", *map(str, args)], capture_output=True).returncode == 0
+        return run(["cp", *args], check=False).returncode == 0
 
     return go
 
@@ -103,8 +103,7 @@ def one_system(m: Mounts, system: str, lower: Path, base: Path) -> Figures:
                 upper_fs, first_write(mnt / "b3")
             )
             t = time.perf_counter()
-            cmd = [sys.executable, "-m", "overlayboot", "clone", mnt / "tree", mnt / "t3"]
-            subprocess.run(cmd, check=True)
+            run([sys.executable, "-m", "overlayboot", "clone", mnt / "tree", mnt / "t3"])
             out["clone_cli_ms"] = (time.perf_counter() - t) * 1e3
     finally:
         m.release(mnt)
@@ -151,7 +150,7 @@ def main(base: str, reps: int) -> None:
     root = Path(base)
     work = root / "clone"
     for stale in reversed(mounted_under(work)):
-        subprocess.run(["umount", "-l", str(stale)], check=False)
+        run(["umount", "-l", stale], check=False)
     image = prepare(root, Options(), rebuild=False).image
     runs: dict[str, list[Figures]] = {s: [] for s in SYSTEMS}
     with mounts() as m:
