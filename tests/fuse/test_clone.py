@@ -274,3 +274,19 @@ def test_another_uid_clones_only_what_it_may(ovl: Ovl) -> None:
         errno.EACCES,
     )
     assert os.stat(ovl.m("pub/meta2/inner/f")).st_uid == 1234
+
+
+def test_seal_on_umount_makes_clones_kernel_format(ovl_factory: OvlFactory) -> None:
+    o = ovl_factory(mount=False)
+    o.extra_args = ("--seal-on-umount",)
+    o.mount()
+    with open(o.m("dir/new.txt"), "w") as f:
+        f.write("shared\n")
+    clone(o.m("dir"), o.m("copy"))
+    clone(o.m("meta"), o.m("dir/meta2"))
+    views = {"dir": view(o.m("dir")), "copy": view(o.m("copy"))}
+    o.umount()
+    assert "seal at unmount" in o.log.read_text()
+    assert os.stat(o.u("copy/new.txt")).st_nlink == 1  # no longer shared
+    assert os.path.exists(o.u("copy/a2.txt"))  # materialized from the lower
+    _seal_and_compare(o, views)  # sealing again finds nothing to do
