@@ -280,7 +280,12 @@ class Overlay:
                 pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:
             nlink = 1  # a merged directory: overlayfs cannot count its links either
+        elif nlink > 1 and self.cow_links and node.upper and self._shared(node):
+            nlink = 1  # shared with a clone (fs/cow.py): its other names are copies
         return Stat(node.ino, st, nlink, blocks)
+
+    def _shared(self, node: Node) -> bool:
+        return not node.is_dir and getxattr(self.upper_path(node), self.names.cow) is not None
 
     def listing(self, node: Node) -> list[bytes]:
         upper = self.upper_path(node) if self.has_upper(node) else None

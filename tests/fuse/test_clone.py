@@ -174,6 +174,7 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     assert upper_bytes(ovl.upper) - before <= 64 << 10  # the 200 kB file is shared
     assert os.stat(ovl.u("c1/fresh/deeper/f")).st_ino == os.stat(ovl.u("dir/fresh/deeper/f")).st_ino
     assert os.stat(ovl.m("c1/fresh/deeper/f")).st_ino != os.stat(ovl.m("dir/fresh/deeper/f")).st_ino
+    assert os.stat(ovl.m("c1/fresh/deeper/f")).st_nlink == 1  # a copy, not a hard link
     # a clone of the clone, then changes everywhere
     clone(ovl.m("c1"), ovl.m("c2"))
     with open(ovl.m("dir/fresh/deeper/f"), "r+b") as f:
