@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,10 @@ def _prepare(o: Ovl) -> None:
     (o.lower1 / "merged").mkdir()
 
 
+def _is_clone(name: str) -> bool:
+    return name[0] in "cm" and name[1:].isdigit()
+
+
 def _check(path: str, old: bytes) -> None:
     """Old content, or old with the 4 KiB at 8 KiB new: nothing else."""
     with open(path, "rb") as f:
@@ -69,11 +74,11 @@ def test_kill_9_during_clones_and_first_writes(ovl_factory: OvlFactory) -> None:
     for j in range(NFILES):  # the merged source's files live in the upper
         with open(o.m(f"merged/u{j}"), "wb") as f:
             f.write(b"U" * SIZE)
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     writer = subprocess.Popen([sys.executable, "-c", WRITER, o.m(), str(NFILES)], env=env)
 
     def several_clones() -> bool:
-        return sum(name.startswith(("c", "m")) for name in os.listdir(o.upper)) >= 6
+        return sum(_is_clone(name) for name in os.listdir(o.upper)) >= 6
 
     try:
         wait_for(several_clones, [o.upper], 120, "clones being made")
@@ -83,13 +88,13 @@ def test_kill_9_during_clones_and_first_writes(ovl_factory: OvlFactory) -> None:
         writer.wait()
     o.mount()
     names = os.listdir(o.m())
-    assert sum(n.startswith("c") for n in names) >= 3
+    assert sum(_is_clone(n) and n[0] == "c" for n in names) >= 3
     for j in range(NFILES):
         _check(o.m(f"tree/f{j}"), b"L")
         with open(o.m(f"merged/u{j}"), "rb") as f:
             assert f.read() == b"U" * SIZE
     for name in names:
-        if name[0] in "cm" and name[1:].isdigit():
+        if _is_clone(name):
             prefix, old = ("f", b"L") if name[0] == "c" else ("u", b"U")
             assert sorted(os.listdir(o.m(name))) == sorted(f"{prefix}{j}" for j in range(NFILES))
             for j in range(NFILES):
@@ -99,6 +104,6 @@ def test_kill_9_during_clones_and_first_writes(ovl_factory: OvlFactory) -> None:
     with open(o.m("merged/u0"), "r+b") as f:
         f.write(b"S")
     for name in names:
-        if name.startswith("m") and name[1:].isdigit():
+        if _is_clone(name) and name[0] == "m":
             with open(o.m(f"{name}/u0"), "rb") as f:
                 assert f.read(1) == b"U", name
