@@ -236,6 +236,18 @@ def upper_seal_cmd(upperdir: Path, lower: str | None) -> None:
     upper.seal_upper(upperdir, lower, click.echo)
 
 
+@cli.command("clone")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@domain_errors
+def clone_cmd(src: Path, dst: Path) -> None:
+    """Make DST a lazy copy-on-write copy of SRC, both inside one overlayboot mount:
+    constant time for lower content, nothing copied until written."""
+    from overlayboot.clonecmd import clone
+
+    clone(src, dst)
+
+
 @cli.command("status")
 @domain_errors
 def status_cmd() -> None:

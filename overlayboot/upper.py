@@ -15,7 +15,7 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, UpperError
-from overlayboot.fs import seal, upperlock
+from overlayboot.fs import cloneseal, cowseal, seal, upperlock
 from overlayboot.fs.config import split_lowerdir
 
 Echo = Callable[[str], None]
@@ -112,6 +112,21 @@ def _walk(root: bytes, lowers: list[bytes] | None, *, seal_them: bool) -> list[s
         ) from None
 
 
+def _unshare(root: bytes, lowers: list[bytes] | None) -> int:
+    """Clones made what kernel overlayfs can show: clones of lower directories
+    materialized (fs/cloneseal.py), files shared with clones copied (fs/cowseal.py)."""
+    try:
+        for names in seal.namespaces():
+            cloneseal.materialize_all(root, lowers, names)
+        return cowseal.unshare_all(root, seal.namespaces())
+    except OSError as exc:
+        where = os.fsdecode(exc.filename) if exc.filename is not None else os.fsdecode(root)
+        raise UpperError(
+            f"cannot read {where}: {exc.strerror}",
+            "check the upper filesystem (fsck), its free space and its permissions",
+        ) from None
+
+
 def check(upper: Path, lower: str | None, echo: Echo) -> None:
     """List the partial copy-ups; UpperError if any of them cannot be read."""
     findings = _walk(_dir(upper, "upper dir"), _lowers(lower), seal_them=False)
@@ -138,9 +153,12 @@ def seal_upper(upper: Path, lower: str | None, echo: Echo) -> None:
                 f"upper dir {upper} is in use by {', '.join(busy)}",
                 "unmount the overlay first, or mount it with --seal-on-umount",
             )
+        unshared = _unshare(root, lowers)
         findings = _walk(root, lowers, seal_them=True)
     finally:
         os.close(lock)
+    if unshared:
+        echo(f"{unshared} files shared with clones in {upper} copied")
     bad = _report(findings, "sealed", "FAILED", echo)
     echo(f"{len(findings) - bad} partial copy-ups in {upper} made whole, {bad} left partial")
     _fail_if(bad, "could not be sealed")

@@ -20,6 +20,7 @@ import trio
 
 from overlayboot.fs import longpath
 from overlayboot.fs.core import HardlinkMap, Overlay
+from overlayboot.fs.cow import unshare_file
 from overlayboot.fs.datacopy import copy_data
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.layers import split
@@ -149,13 +150,17 @@ async def build_copy(
     return tmp
 
 
-async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
+async def copy_up(overlay: Overlay, node: Node, *, data: bool = True, unshare: bool = True) -> None:
     """Make ``node`` exist in the upper. Caller holds ``overlay.lock``.
 
     ``data=False`` skips the file contents (for an open with O_TRUNC or a
-    truncate to 0, where they would be thrown away at once).
+    truncate to 0, where they would be thrown away at once). An upper file a clone
+    shares with its source gets a copy of its own first (``cow``), unless ``unshare``
+    is False (a rename changes no file).
     """
     if overlay.has_upper(node):
+        if unshare and overlay.cow_links and not node.is_dir:
+            await unshare_file(overlay, node, data=data)
         return
     parent = node.parent
     if parent is None:
@@ -178,7 +183,8 @@ async def copy_up(overlay: Overlay, node: Node, *, data: bool = True) -> None:
         raise
     parent_times.restore()
     node.upper = True
-    if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+    if not node.is_dir and st.st_nlink > 1 and stat.S_ISREG(st.st_mode) and not node.clone:
+        # (in a clone, the file's other lower names are the source's, not the clone's)
         try:
             longpath.link(dst, overlay.index_path(idx, lower_ino))
         except FileExistsError:
@@ -273,7 +279,7 @@ async def child(overlay: Overlay, parent: Node, name: bytes, *, locked: bool) ->
     res = overlay.resolve(parent, name)
     if res is None:
         return None
-    index = overlay.pending_link(res)
+    index = None if parent.clone else overlay.pending_link(res)
     if index is not None:
         if locked:
             res = link_pending(overlay, parent, name, res, index)

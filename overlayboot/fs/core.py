@@ -23,6 +23,7 @@ from overlayboot.fs.inodes import (
     TAG_UPPER,
     InodeTable,
     Node,
+    clone_ino,
     lower_tag,
     make_ino,
 )
@@ -30,7 +31,7 @@ from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import Resolved, lookup
 from overlayboot.fs.partials import PartialCopyUps
 from overlayboot.fs.readdir import merged_names
-from overlayboot.fs.whiteout import decode_origin, get_pending, getxattr
+from overlayboot.fs.whiteout import decode_origin, get_clone_mark, get_pending, getxattr
 
 HardlinkMap = dict[int, list[bytes]]
 """Lower inode number -> the paths (relative to the layer) of that multiply-linked file."""
@@ -85,6 +86,9 @@ class Overlay:
         root.upper = True
         root.lowers = tuple((i, b"") for i in range(len(self.layers)))
         self._hardlink_maps: dict[int, HardlinkMap] = {}
+        # set once the upper may hold files shared by a clone and its source (fs/clone.py):
+        # only then does a change of an upper file look for the mark
+        self.cow_links = os.path.exists(self.cow_flag())
         self.partials = PartialCopyUps(cfg.copy_up, cfg.xattrs, self.layers, self.upper_root)
         # Keep every layer's mount busy for the daemon's lifetime: at shutdown, systemd
         # unmounts what it can, and an idle lower or upper would go from under the root.
@@ -123,6 +127,10 @@ class Overlay:
 
     def remember_hardlink_map(self, layer: int, found: HardlinkMap) -> None:
         self._hardlink_maps[layer] = found
+
+    def cow_flag(self) -> bytes:
+        """A file in the work dir that says a clone shared upper files (see ``cow_links``)."""
+        return self.scratch + b"/cow-links"
 
     def tmp_path(self) -> bytes:
         self._tmp_seq += 1
@@ -184,8 +192,15 @@ class Overlay:
     def node_from(self, parent: Node, name: bytes, res: Resolved) -> Node:
         """The node (created or refreshed) that ``parent/name``, resolved as ``res``, names."""
         upath = self.upper_child(parent, name) if res.upper is not None else b""
+        clone = parent.clone
+        if res.is_dir and res.upper is not None:
+            mark = get_clone_mark(upath, self.names)
+            clone = clone if mark is None else mark
         ino = self.ino_of(res, upath)
+        if clone:
+            ino = clone_ino(clone, ino)
         node = self.table.node_for(ino, res.is_dir, parent, name)
+        node.clone = clone
         self.refresh_node(node, res)
         return node
 
@@ -193,9 +208,15 @@ class Overlay:
         """The node of an entry ``dirops.install`` just created in the upper: born there,
         so no origin, no lower stack, its number from the upper inode (as ``ino_of``)."""
         is_dir = stat.S_ISDIR(st.st_mode)
-        node = self.table.node_for(make_ino(TAG_UPPER, st.st_ino), is_dir, parent, name)
+        node = self.table.node_for(self.new_ino(parent, st), is_dir, parent, name)
+        node.clone = parent.clone
         self.refresh_node(node, Resolved(is_dir, st, ()))
         return node
+
+    def new_ino(self, parent: Node, st: os.stat_result) -> int:
+        """The number of a file born in the upper under ``parent`` (as ``node_from``)."""
+        ino = make_ino(TAG_UPPER, st.st_ino)
+        return clone_ino(parent.clone, ino) if parent.clone else ino
 
     def index_path(self, layer: int, ino: int) -> bytes:
         """Where the upper copy of a multiply-linked lower file is indexed (see copyup)."""
@@ -259,7 +280,12 @@ class Overlay:
                 pass
         if node.is_dir and node.upper and node.lowers and not node.opaque:
             nlink = 1  # a merged directory: overlayfs cannot count its links either
+        elif nlink > 1 and self.cow_links and node.upper and self._shared(node):
+            nlink = 1  # shared with a clone (fs/cow.py): its other names are copies
         return Stat(node.ino, st, nlink, blocks)
+
+    def _shared(self, node: Node) -> bool:
+        return not node.is_dir and getxattr(self.upper_path(node), self.names.cow) is not None
 
     def listing(self, node: Node) -> list[bytes]:
         upper = self.upper_path(node) if self.has_upper(node) else None

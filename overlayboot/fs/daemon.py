@@ -25,7 +25,7 @@ import trio
 
 from overlayboot import mounttable
 from overlayboot.errors import ConfigError, MountError
-from overlayboot.fs import seal, survive, upperlock
+from overlayboot.fs import cloneseal, cowseal, seal, survive, upperlock
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.operations import OverlayOperations
@@ -275,6 +275,10 @@ def _finish_partials(overlay: Overlay) -> None:
         if not overlay.cfg.seal_on_umount:
             return
         roots = [layer.root for layer in overlay.layers]
+        cloneseal.materialize_all(overlay.upper_root, roots, overlay.names)
+        unshared = cowseal.unshare_all(overlay.upper_root, [overlay.names])
+        if unshared:
+            log.info("seal at unmount: %d files shared with clones copied", unshared)
         sealed = 0
         for found in seal.walk(overlay.upper_root, roots, seal=True, spaces=[overlay.names]):
             if found.sealed:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from overlayboot.fs import longpath, sysio
 from overlayboot.fs.copyup import child, copy_up, remove_tmp, require_child
 from overlayboot.fs.core import Overlay
-from overlayboot.fs.inodes import TAG_UPPER, Node, make_ino
+from overlayboot.fs.inodes import Node
 from overlayboot.fs.lookup import lower_positive, upper_entry
 from overlayboot.fs.readdir import upper_whiteouts
 from overlayboot.fs.whiteout import (
@@ -165,7 +165,8 @@ async def tmpfile(
     try:
         os.fchown(fd, uid, gid)
         os.fchmod(fd, stat.S_IMODE(mode))
-        node = overlay.table.unnamed(make_ino(TAG_UPPER, os.fstat(fd).st_ino))
+        node = overlay.table.unnamed(overlay.new_ino(parent, os.fstat(fd)))
+        node.clone = parent.clone
         node.upper = True
     except BaseException:
         os.close(fd)
@@ -180,6 +181,8 @@ async def link(
     from ``open_fd``, a file of it open on the upper."""
     if node.is_dir:
         raise OSError(errno.EPERM, "hard link to a directory")
+    if node.clone != parent.clone:
+        raise OSError(errno.EXDEV, "a hard link into or out of a clone")
     await copy_up(overlay, node)
     make: Callable[[bytes], None]
     if node.path() is not None:
@@ -331,14 +334,18 @@ async def rename(
     _check_rename(old, new, flags, overlay)
     if new is old:
         return
+    if oldp.clone != newp.clone:
+        # a clone's files have numbers of their own (fs/clone.py): like kernel overlayfs
+        # without redirect_dir, the move is refused and mv(1) copies instead
+        raise OSError(errno.EXDEV, "a rename into or out of a clone")
     exchange = new is not None and bool(flags & sysio.RENAME_EXCHANGE)
     if new is not None and not exchange:
         await _copy_up_if_linked(overlay, new)
     await copy_up(overlay, oldp)
     await copy_up(overlay, newp)
-    await copy_up(overlay, old)
+    await copy_up(overlay, old, unshare=False)
     if new is not None and exchange:
-        await copy_up(overlay, new)
+        await copy_up(overlay, new, unshare=False)
     old_up = overlay.upper_child(oldp, oldname)
     new_up = overlay.upper_child(newp, newname)
     samedir = oldp is newp

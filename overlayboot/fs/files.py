@@ -30,6 +30,7 @@ from overlayboot.fs import longpath
 from overlayboot.fs.chunked import ChunkedFile
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
+from overlayboot.fs.cow import node_shared
 from overlayboot.fs.inodes import Node
 from overlayboot.fs.passthrough import Bindings
 
@@ -120,7 +121,7 @@ class OpenFiles:
         trunc = bool(flags & os.O_TRUNC)
         if writable or trunc:
             self.check_writable(node)
-        if (writable or trunc) and not node.upper:
+        if (writable or trunc) and (not node.upper or node_shared(overlay, node)):
             async with overlay.lock:
                 await copy_up(overlay, node, data=not trunc)
         extra = flags & OPEN_PASS_FLAGS
@@ -143,9 +144,12 @@ class OpenFiles:
         return self.add(FileHandle(node, fd, True, True))
 
     def check_writable(self, node: Node) -> None:
-        """Before ``node``'s data change: if its kernel inode is bound to the lower file,
+        """Before ``node``'s data change: if its kernel inode is bound to the lower file
+        (or to an upper file shared with a clone, see ``cow``),
         give the node a new inode and make the kernel look it up again (ESTALE)."""
-        if not self.bindings.bound_to_lower(node.ino):
+        if not self.bindings.bound_to_lower(node.ino) and not (
+            self.bindings.has_backing(node.ino, upper=True) and node_shared(self.overlay, node)
+        ):
             return
         table = self.overlay.table
         new_ino = table.dynamic_ino()

@@ -16,6 +16,7 @@ aliases for hard links), whether the upper has it, and its lower merge stack.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -29,6 +30,7 @@ REAL_MASK = (1 << TAG_SHIFT) - 1
 TAG_UPPER = 1
 TAG_DYNAMIC = 0xFF
 TAG_OVERFLOW = 0xFE
+TAG_CLONE = 0xFD
 
 log = logging.getLogger("overlayboot.fs")
 _overflow: dict[tuple[int, int], int] = {}
@@ -59,6 +61,14 @@ def _overflow_ino(tag: int, real_ino: int) -> int:
     return ino
 
 
+def clone_ino(clone: int, ino: int) -> int:
+    """The number ``ino`` shows inside clone ``clone`` (see ``fs/clone.py``): a clone shows
+    the same lower (or shared upper) files as its source, and each copy must be a file of
+    its own. A 56-bit digest of both, stable across remounts."""
+    digest = hashlib.blake2b(b"%d:%d" % (clone, ino), digest_size=7).digest()
+    return (TAG_CLONE << TAG_SHIFT) | int.from_bytes(digest, "little")
+
+
 def lower_tag(layer: int) -> int:
     return 2 + layer
 
@@ -68,6 +78,7 @@ class Node:
 
     __slots__ = (
         "aliases",
+        "clone",
         "dead",
         "handles",
         "ino",
@@ -89,6 +100,7 @@ class Node:
         self.parent: Node | None = None
         self.name = b""
         self.aliases: list[tuple[Node, bytes]] = []
+        self.clone = 0  # the clone this node is seen in (0: none; see fs/clone.py)
         self.upper = False
         self.lowers: tuple[LowerRef, ...] = ()
         self.opaque = False

@@ -23,7 +23,8 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from overlayboot.fs import attrs, dirops, longpath
+from overlayboot.fs import attrs, clone, dirops, longpath
+from overlayboot.fs.clonereq import REQUEST_XATTR, Caller, parse_request
 from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
 from overlayboot.fs.files import OpenFiles
@@ -116,6 +117,8 @@ class OverlayOperations(pyfuse3.Operations):
         self._closer_wanted = trio.Event()  # backing ids wait to be closed
         # asked for at INIT (pyfuse3 reads it there); the kernel may still say no
         self.enable_passthrough = PASSTHROUGH and overlay.cfg.passthrough
+        # names made by clones whose cached (negative) entries the kernel has yet to drop
+        self._invalidating: set[trio.Event] = set()
 
     def init(self) -> None:
         if self.enable_passthrough and pyfuse3.passthrough_enabled():
@@ -517,6 +520,11 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == REQUEST_XATTR:
+            # the clone command's barrier: the kernel sees the clones made so far
+            for event in list(self._invalidating):
+                await event.wait()
+            return b"ok"
         return attrs.get_xattr(self.overlay, self.overlay.node(inode), name)
 
     @guarded
@@ -528,8 +536,31 @@ class OverlayOperations(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         node = self.overlay.node(inode)
+        if name == REQUEST_XATTR:
+            await self._clone(node, value, ctx)
+            return
         async with self.overlay.lock:
             await attrs.set_xattr(self.overlay, node, name, value)
+
+    async def _clone(self, parent: Node, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """``overlayboot clone``: make the clone, then have the kernel drop a negative
+        entry it may have cached for the new name. That waits for the directory's lock,
+        which the kernel holds until this request is answered: a task of its own does it."""
+        req = parse_request(value)
+        async with self.overlay.lock:
+            await clone.clone(self.overlay, parent, req, Caller.of(ctx.uid, ctx.gid, ctx.pid))
+        done = trio.Event()
+        self._invalidating.add(done)
+        trio.lowlevel.spawn_system_task(self._forget_entry, parent.ino, req.name, done)
+
+    async def _forget_entry(self, parent_ino: int, name: bytes, done: trio.Event) -> None:
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent_ino, name)
+        except Exception as exc:  # a system task must not raise; ENOENT: nothing cached
+            log.debug("invalidating %r after a clone: %s", name, exc)
+        finally:
+            self._invalidating.discard(done)
+            done.set()
 
     @guarded
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

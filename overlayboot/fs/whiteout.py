@@ -60,6 +60,16 @@ class XattrNames:
         """On an indexed copy of a lower hard link: its lower names not linked up yet."""
         return f"{self.prefix}.overlayboot.pending"
 
+    @property
+    def clone(self) -> str:
+        """On the root directory of a clone: its number (see ``fs/clone.py``)."""
+        return f"{self.prefix}.overlayboot.clone"
+
+    @property
+    def cow(self) -> str:
+        """On an upper file shared by a clone and its source until either changes."""
+        return f"{self.prefix}.overlayboot.cow"
+
     def is_private(self, name: str) -> bool:
         """Names the overlay owns: hidden from listings, refused to get/set."""
         return name.startswith(
@@ -141,6 +151,15 @@ def set_pending(path: bytes, names: XattrNames, count: int) -> None:
         longpath.setxattr(path, names.pending, b"%d" % count)
     elif getxattr(path, names.pending) is not None:
         longpath.removexattr(path, names.pending)
+
+
+def get_clone_mark(path: bytes, names: XattrNames) -> int | None:
+    """The clone number a directory starts (``overlayboot.clone``), None if it has none."""
+    raw = getxattr(path, names.clone)
+    try:
+        return int(raw.split(b"\0", 1)[0]) if raw else None
+    except ValueError:
+        return None
 
 
 def decode_origin(value: bytes | None) -> tuple[int, int] | None:

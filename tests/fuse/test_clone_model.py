@@ -1,0 +1,326 @@
+"""A model test of clones: random clones and changes against a model where each clone is
+a real ``cp -a`` made at its moment.
+
+Two lower layers with merged directories (a fixed tree plus random entries); hypothesis
+picks clones (of lower, upper and
+merged directories and files, into the clones themselves, clones of clones) and changes
+on both sides (writes, truncates, new files and directories, unlinks, renames in a
+directory, chmod), with remounts among them. After every step the whole overlay must
+equal the model (type, mode, content); at the end after a remount, and after ``upper
+seal`` under kernel overlayfs too. OVERLAYBOOT_CLONE_EXAMPLES / _STEPS size the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from overlayboot.clonecmd import CloneError
+from tests.fuse.clonetree import clone
+from tests.mounts import have_fuse, have_kernel_overlay, overlay_mount
+
+EXAMPLES = int(os.environ.get("OVERLAYBOOT_CLONE_EXAMPLES", "10"))
+STEPS = int(os.environ.get("OVERLAYBOOT_CLONE_STEPS", "25"))
+
+pytestmark = [
+    pytest.mark.fuse,
+    pytest.mark.clone,
+    pytest.mark.skipif(not have_fuse(), reason="needs root and /dev/fuse"),
+]
+
+Entry = tuple[object, ...]  # ("d", mode) | ("f", mode, data) | ("l", target)
+NAMES = ["n0", "n1", "n2"]
+
+
+def _files(root: Path, spec: dict[str, bytes | None]) -> None:
+    for rel, data in spec.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            path.mkdir(exist_ok=True)
+        else:
+            path.write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def lowers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    base = tmp_path_factory.mktemp("clonelowers")
+    l1, l2 = base / "l1", base / "l2"
+    _files(l1, {"t/a": b"a1", "t/s/b": b"b1", "t/s/big": bytes(range(256)) * 1200, "u/x": b"x"})
+    _files(l2, {"t/a": b"hidden", "t/c": b"c2", "t/s/d": b"d2", "t/e": None, "v/y": b"y"})
+    os.symlink("a", l1 / "t/ln")
+    return [l1, l2]
+
+
+def read_tree(root: Path) -> dict[str, Entry]:
+    out: dict[str, Entry] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st_ = os.lstat(path)
+            mode = stat.S_IMODE(st_.st_mode)
+            if stat.S_ISDIR(st_.st_mode):
+                out[rel] = ("d", mode)
+            elif stat.S_ISLNK(st_.st_mode):
+                out[rel] = ("l", os.readlink(path))
+            else:
+                with open(path, "rb") as f:
+                    out[rel] = ("f", mode, f.read())
+    return out
+
+
+def kernel_view(lowers: list[Path], upper: Path, base: Path) -> dict[str, Entry]:
+    kmnt, kwork = base / "kmnt", base / "kwork"
+    kmnt.mkdir(exist_ok=True)
+    kwork.mkdir(exist_ok=True)
+    lowerdir = ":".join(str(p) for p in lowers)
+    opts = f"lowerdir={lowerdir},upperdir={upper},workdir={kwork},redirect_dir=on,index=off"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(kmnt)], check=True)
+    try:
+        return read_tree(kmnt)
+    finally:
+        subprocess.run(["umount", str(kmnt)], check=True)
+
+
+index = st.integers(min_value=0, max_value=10**6)
+names = st.sampled_from(NAMES)
+data = st.sampled_from([b"", b"z", b"new data\n", b"\x01" * 5000])
+offsets = st.sampled_from([0, 3, 4096, 70_000])
+
+
+# extra lower entries of one run: (layer, path, is a directory)
+extra_entries = st.lists(
+    st.tuples(
+        st.sampled_from([0, 1]),
+        st.lists(st.sampled_from(["t", "p", "q", "s"]), min_size=1, max_size=3).map("/".join),
+        st.booleans(),
+    ),
+    max_size=8,
+)
+
+
+def add_entries(lowers: list[Path], entries: list[tuple[int, str, bool]]) -> None:
+    """Random entries added to a run's own copy of the lower layers (where they fit)."""
+    for n, (layer, rel, is_dir) in enumerate(entries):
+        path = lowers[layer] / rel
+        if any(p.exists() and not p.is_dir() for p in path.parents) or path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if is_dir:
+            path.mkdir()
+        else:
+            path.write_bytes(b"extra %d\n" % n)
+
+
+class CloneModel(RuleBasedStateMachine):
+    def __init__(self, lowers: list[Path], base: Path) -> None:
+        super().__init__()
+        self.base = base
+        base.mkdir(parents=True)
+        self.lowers = [base / "l1", base / "l2"]
+        for src, dst in zip(lowers, self.lowers, strict=True):
+            subprocess.run(["cp", "-a", "--", str(src), str(dst)], check=True)
+        self.upper, self.work, self.mnt = base / "upper", base / "work", base / "mnt"
+        self.stack: contextlib.ExitStack | None = None
+        self.model: dict[str, Entry] = {}
+
+    @initialize(entries=extra_entries)
+    def start(self, entries: list[tuple[int, str, bool]]) -> None:
+        """A random lower tree (the fixed one plus random entries), mounted."""
+        add_entries(self.lowers, entries)
+        self.mount()
+        self.model = read_tree(self.mnt)
+
+    # -- mounting ------------------------------------------------------------
+    def mount(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.stack.enter_context(
+            overlay_mount("overlayboot", self.lowers, self.upper, self.work, self.mnt)
+        )
+
+    def umount(self) -> None:
+        if self.stack is not None:
+            stack, self.stack = self.stack, None
+            stack.close()
+
+    # -- picking -------------------------------------------------------------
+    def pick(self, i: int, kind: str | None = None) -> str | None:
+        keys = sorted(k for k, v in self.model.items() if kind is None or v[0] == kind)
+        return keys[i % len(keys)] if keys else None
+
+    def pick_dir(self, i: int) -> str:
+        keys = [".", *sorted(k for k, v in self.model.items() if v[0] == "d")]
+        return keys[i % len(keys)]
+
+    def m(self, rel: str) -> str:
+        return os.path.join(self.mnt, rel)
+
+    def new_path(self, d: int, name: str) -> str:
+        parent = self.pick_dir(d)
+        return name if parent == "." else f"{parent}/{name}"
+
+    # -- rules ---------------------------------------------------------------
+    @rule(src=index, d=index, name=names)
+    def clone(self, src: int, d: int, name: str) -> None:
+        s = self.pick(src)
+        if s is None:
+            return
+        dst = self.new_path(d, name)
+        if dst in self.model:
+            with pytest.raises(CloneError, match="exists"):
+                clone(self.m(s), self.m(dst))
+            return
+        clone(self.m(s), self.m(dst))
+        prefix = s + "/"
+        copied = {dst: self.model[s]}
+        for k, v in self.model.items():
+            if k.startswith(prefix):
+                copied[dst + "/" + k[len(prefix) :]] = v
+        self.model.update(copied)
+
+    @rule(f=index, offset=offsets, buf=data)
+    def write(self, f: int, offset: int, buf: bytes) -> None:
+        path = self.pick(f, "f")
+        if path is None:
+            return
+        fd = os.open(self.m(path), os.O_WRONLY)
+        try:
+            os.pwrite(fd, buf, offset)
+        finally:
+            os.close(fd)
+        _, mode, old = self.model[path]
+        assert isinstance(old, bytes)
+        if buf:
+            old = old.ljust(offset, b"\0")
+            old = old[:offset] + buf + old[offset + len(buf) :]
+        self.model[path] = ("f", mode, old)
+
+    @rule(f=index, size=st.sampled_from([0, 1, 100, 9000]))
+    def truncate(self, f: int, size: int) -> None:
+        path = self.pick(f, "f")
+        if path is None:
+            return
+        os.truncate(self.m(path), size)
+        _, mode, old = self.model[path]
+        assert isinstance(old, bytes)
+        self.model[path] = ("f", mode, old[:size].ljust(size, b"\0"))
+
+    @rule(d=index, name=names, buf=data)
+    def create(self, d: int, name: str, buf: bytes) -> None:
+        path = self.new_path(d, name)
+        if path in self.model:
+            return
+        with open(self.m(path), "wb") as f:
+            f.write(buf)
+        self.model[path] = ("f", 0o644, buf)
+
+    @rule(d=index, name=names)
+    def mkdir(self, d: int, name: str) -> None:
+        path = self.new_path(d, name)
+        if path in self.model:
+            return
+        os.mkdir(self.m(path))
+        self.model[path] = ("d", 0o755)
+
+    @rule(f=index)
+    def unlink(self, f: int) -> None:
+        path = self.pick(f, "f")
+        if path is None:
+            return
+        os.unlink(self.m(path))
+        del self.model[path]
+
+    @rule(f=index, name=names)
+    def rename_in_dir(self, f: int, name: str) -> None:
+        path = self.pick(f)
+        if path is None:
+            return
+        parent = os.path.dirname(path)
+        new = os.path.join(parent, name) if parent else name
+        if new in self.model or new == path:
+            return
+        try:
+            os.rename(self.m(path), self.m(new))
+        except OSError as exc:
+            assert exc.errno == errno.EXDEV  # a clone root moved out of its parent's clone
+            return
+        moved = {}
+        for k in list(self.model):
+            if k == path or k.startswith(path + "/"):
+                moved[new + k[len(path) :]] = self.model.pop(k)
+        self.model.update(moved)
+
+    @rule(f=index, mode=st.sampled_from([0o600, 0o755, 0o640]))
+    def chmod(self, f: int, mode: int) -> None:
+        path = self.pick(f, "f")
+        if path is None:
+            return
+        os.chmod(self.m(path), mode)
+        _, _, old = self.model[path]
+        self.model[path] = ("f", mode, old)
+
+    @rule()
+    def remount(self) -> None:
+        if self.stack is None:
+            return
+        self.umount()
+        self.mount()
+
+    @invariant()
+    def same_as_model(self) -> None:
+        if self.stack is not None:
+            assert read_tree(self.mnt) == self.model
+
+    def teardown(self) -> None:
+        try:
+            self.umount()
+            self.mount()
+            assert read_tree(self.mnt) == self.model
+            self.umount()
+            r = subprocess.run(
+                [sys.executable, "-m", "overlayboot", "upper", "seal", str(self.upper)],
+                capture_output=True,
+                text=True,
+            )
+            assert r.returncode == 0, r.stderr
+            if have_kernel_overlay():
+                assert kernel_view(self.lowers, self.upper, self.base) == self.model
+        finally:
+            self.umount()
+
+
+@pytest.mark.timeout(1800)
+def test_clones_behave_as_copies(lowers: list[Path], tmp_path: Path) -> None:
+    counter = itertools.count()
+
+    class Run(CloneModel):
+        def __init__(self) -> None:
+            super().__init__(lowers, tmp_path / f"run{next(counter)}")
+
+    run_state_machine_as_test(
+        Run,
+        settings=settings(
+            max_examples=EXAMPLES,
+            stateful_step_count=STEPS,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
