@@ -237,6 +237,38 @@ fsck_upper() {
     fi
 }
 
+# args: MODE WHAT; the changes' filesystem mounted at $OB_RUN/rw: a tmpfs of
+# overlayboot.upper.size (MODE: its root's mode; WHAT: what it holds, for the error), or the
+# persistence partition (opened first if LUKS, checked by fsck_upper), or the persistence
+# file phase persistence mounted there already (OB_UPPER_MOUNTED). Phase upper and block
+# mode share it. Out: OB_UPPER_DEV (empty: a tmpfs); state persistent, upper.
+upper_mount() {
+    mkdir -p "$OB_RUN/rw"
+    if [ "$OB_UPPER_KIND" = tmpfs ]; then
+        mount -t tmpfs -o "size=$OB_UPPER_SIZE,mode=$1" tmpfs "$OB_RUN/rw" ||
+            die "cannot mount a tmpfs of size $OB_UPPER_SIZE for $2 (overlayboot.upper.size)"
+        OB_UPPER_DEV=
+        state persistent no
+        state upper tmpfs
+        return 0
+    fi
+    if [ -n "${OB_UPPER_MOUNTED:-}" ]; then
+        OB_UPPER_DEV=$OB_UPPER_MOUNTED # a persistence file, mounted by phase persistence
+    else
+        OB_UPPER_DEV=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
+            die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
+        if command -v luks_open > /dev/null; then # phase persistence: LUKS, opened
+            luks_open "$OB_UPPER_DEV"
+            OB_UPPER_DEV=$LUKS_DEV
+        fi
+        fsck_upper "$OB_UPPER_DEV"
+        mount -o rw,noatime "$OB_UPPER_DEV" "$OB_RUN/rw" ||
+            die "cannot mount the persistence partition $OB_UPPER_DEV read-write"
+    fi
+    state persistent yes
+    state upper "$OB_UPPER_DEV"
+}
+
 # args: BASE; the layout of older releases (BASE/upper, BASE/work for the image in
 # BASE/image-id, and BASE/upper.ID set aside at image changes) moved to BASE/images/ID/.
 # Their id was the image's mkfs time and size ($OB_LEGACY_ID); changes recorded under the

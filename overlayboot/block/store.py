@@ -44,6 +44,11 @@ log = logging.getLogger("overlayboot.block")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
+SUPER_EVERY = 32
+"""The super block's *durable* is written with every 32nd commit, and at attach and detach:
+on disk it is a lower bound (a commit newer than it is checked against its CRCs at open),
+and most commits write only data and index pages."""
+
 PREFETCH = 8 << 20
 """How far ahead of a sequential reader the base is read (``posix_fadvise`` WILLNEED)."""
 
@@ -124,6 +129,7 @@ class Store:
         self.fresh: set[int] = set()  # chunks whose slot was taken since the last commit
         self.stale: set[int] = set()  # chunks whose CRC in the index is not their data's
         self.was_dirty = sb.state == State.DIRTY
+        self.durable = sb.durable  # the last commit whose sync returned (on disk: <= it)
         self.read_end = -1  # where the last read ended (sequential reads: prefetch)
         self.fetched = 0  # the base is read ahead up to here
 
@@ -161,13 +167,15 @@ class Store:
             os.pwrite(self.fd, bytes(PAGE), page_offset(page, copy))
         if self.index.seq > self.sb.durable:
             os.fdatasync(self.fd)
-            self.sb = replace(self.sb, durable=self.index.seq)
+            self.durable = self.index.seq
         self._set_state(State.DIRTY)
 
-    def _set_state(self, state: State) -> None:
-        self.sb = replace(self.sb, state=state)
+    def _set_state(self, state: State, sync: bool = True) -> None:
+        """Write the super block: ``state`` and the last durable commit."""
+        self.sb = replace(self.sb, state=state, durable=self.durable)
         os.pwrite(self.fd, pack_super(self.sb), 0)
-        os.fdatasync(self.fd)
+        if sync:
+            os.fdatasync(self.fd)
 
     # ------------------------------------------------------------------ geometry
 
@@ -313,7 +321,8 @@ class Store:
                 self.index.set_crc(chunk, zlib.crc32(data))
             self.stale.clear()
             pages = self.index.write_dirty(self.fd)
-            os.pwrite(self.fd, pack_super(self.sb), 0)
+            if self.index.seq - self.sb.durable > SUPER_EVERY:
+                self._set_state(self.sb.state, sync=False)
             os.fdatasync(self.fd)
         except BaseException:
             self.fresh.clear()
@@ -321,7 +330,7 @@ class Store:
         self.index.committed(pages)
         self.slots.commit_done()
         self.fresh.clear()
-        self.sb = replace(self.sb, durable=self.index.seq)
+        self.durable = self.index.seq
 
     def close(self) -> None:
         """Commit, mark the store clean (writable) and close it."""
