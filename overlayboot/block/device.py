@@ -109,7 +109,9 @@ class DeviceOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=DISK_INODE, keep_cache=True)
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 replies with any buffer
+        self, fh: int, off: int, size: int
+    ) -> bytes | bytearray:
         return self.store.read(off, size)
 
     @guarded

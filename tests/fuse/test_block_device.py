@@ -31,7 +31,7 @@ import pytest
 from overlayboot.block import attach, manage
 from overlayboot.block.store import Store
 from overlayboot.errors import BlockError
-from overlayboot.fs.daemon import pid_file
+from overlayboot.fuseserve import pid_file
 from tests.fuse.helpers import tmpfs
 from tests.mounts import have_fuse, umount
 from tests.waiting import wait_exit, wait_for
