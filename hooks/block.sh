@@ -6,15 +6,15 @@
 # overlayboot.upper=DEV:DIR). A store made for another image is refused (ERROR: line).
 # Not a phase: phases lower, upper and overlay call these functions in block mode.
 
-# args: none; phase lower: the image stays a file; the daemon reads it from the medium.
-# In: OB_IMAGE_FILE. Out: OB_BASE.
+# args: none; phase lower: the image stays a file; the daemon reads it from the medium, or
+# from RAM with overlayboot.toram (copied first). In: OB_IMAGE_FILE, OB_TORAM. Out: OB_BASE.
 block_lower() {
     [ -f "$OB_IMAGE_FILE" ] || die "the image $OB_IMAGE is not a file on the medium (overlayboot.overlay=block needs a filesystem image file)"
     case $OB_IMAGE_FILE in
         "$OB_RUN"/*) ;;
         *) die "the image $OB_IMAGE is not under $OB_RUN, where the block daemon can read it" ;;
     esac
-    [ -z "$OB_TORAM" ] || log "WARNING: overlayboot.toram is ignored in block mode"
+    [ -z "$OB_TORAM" ] || image_to_ram "$(stat -c %s "$OB_IMAGE_FILE")" image.ext4
     OB_BASE=$OB_IMAGE_FILE
     log "lower: $OB_IMAGE (a filesystem image: block-level copy-on-write)"
 }
@@ -33,7 +33,8 @@ block_upper() {
     fi
     OB_BLOCK_STORE=$dir/block.store
     if [ ! -e "$OB_BLOCK_STORE" ]; then
-        out=$("$OB_RUN/runtime/overlayboot" block create --base "$OB_BASE" "$OB_BLOCK_STORE" 2>&1) ||
+        out=$("$OB_RUN/runtime/overlayboot" block create --base "$OB_BASE" \
+            --chunk-size "${OB_BLOCK_CHUNK:-64K}" "$OB_BLOCK_STORE" 2>&1) ||
             die "cannot create the block store ${OB_BLOCK_STORE#"$OB_RUN"}: ${out#overlayboot: error: }"
         log "block: a new store ${OB_BLOCK_STORE#"$OB_RUN"}"
     fi

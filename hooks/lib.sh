@@ -237,6 +237,25 @@ fsck_upper() {
     fi
 }
 
+# args: SIZE NAME; overlayboot.toram: the image (OB_IMAGE_FILE, SIZE bytes) copied to a
+# tmpfs at $OB_RUN/toram as NAME, if the memory allows, and the medium let go.
+# Out: OB_IMAGE_FILE (the copy); state toram.
+image_to_ram() {
+    need_kb=$(($1 / 1024 + 65536))
+    avail_kb=$(mem_available_kb)
+    [ "$avail_kb" -gt "$need_kb" ] ||
+        die "not enough memory to copy the image to RAM: it needs $((need_kb / 1024)) MiB, $((avail_kb / 1024)) MiB are available (boot without overlayboot.toram)"
+    mkdir -p "$OB_RUN/toram"
+    mount -t tmpfs -o "size=$(($1 / 1024 + 1024))k,mode=0700" tmpfs "$OB_RUN/toram" ||
+        die "cannot make a tmpfs for overlayboot.toram"
+    log "copying the image to RAM ($(($1 / 1048576)) MiB)"
+    cp "$OB_IMAGE_FILE" "$OB_RUN/toram/$2" || die "copying the image to RAM failed"
+    OB_IMAGE_FILE=$OB_RUN/toram/$2
+    umount "$OB_RUN/iso" 2>/dev/null
+    umount "$OB_RUN/medium" 2>/dev/null && log "the medium can be removed"
+    state toram yes
+}
+
 # args: MODE WHAT; the changes' filesystem mounted at $OB_RUN/rw: a tmpfs of
 # overlayboot.upper.size (MODE: its root's mode; WHAT: what it holds, for the error), or the
 # persistence partition (opened first if LUKS, checked by fsck_upper), or the persistence
