@@ -70,12 +70,13 @@ def serve(
     as_root: bool,
     banner: str,
     tasks: Sequence[Task] = (),
-    max_tasks: int = 64,
+    workers: tuple[int, int] = (2, 64),
     finish: Callable[[], None] = lambda: None,
 ) -> None:
     """Mount ``ops`` at ``mountpoint`` and answer its requests until it is unmounted (or,
     unless ``as_root``, a termination signal); then ``finish()``. ``banner`` is logged
-    once the daemon is up. A mount that fails is a MountError, before any fork."""
+    once the daemon is up; ``workers``: pyfuse3's (min, max) request tasks. A mount that
+    fails is a MountError, before any fork."""
     if as_root:
         survive.ignore_termination()
     try:
@@ -89,7 +90,7 @@ def serve(
     _ready(ready)
     log.info("%s", banner)
     try:
-        trio.run(_main_loop, tasks, as_root, max_tasks)
+        trio.run(_main_loop, tasks, as_root, workers)
     except BaseException:
         log.exception("INTERNAL: main loop failed")
         raise
@@ -100,13 +101,13 @@ def serve(
             pidf.unlink()
 
 
-async def _main_loop(tasks: Sequence[Task], as_root: bool, max_tasks: int) -> None:
+async def _main_loop(tasks: Sequence[Task], as_root: bool, workers: tuple[int, int]) -> None:
     async with trio.open_nursery() as nursery:
         if not as_root:
             nursery.start_soon(supervised, "signals", _unmount_on_signal, False)
         for task in tasks:
             nursery.start_soon(supervised, task.name, task.run, task.again)
-        await pyfuse3.main(min_tasks=min(2, max_tasks), max_tasks=max_tasks)
+        await pyfuse3.main(min_tasks=workers[0], max_tasks=workers[1])
         nursery.cancel_scope.cancel()
 
 

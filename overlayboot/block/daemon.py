@@ -85,7 +85,7 @@ def serve(
             as_root=as_root,
             banner=f"serving {store_path} over {base} at {mountpoint}/disk",
             tasks=[Task("readahead", readahead, False)],
-            max_tasks=4,
+            workers=(1, 4),  # the handlers never await: one at a time
             finish=finish,
         )
     except BaseException:
