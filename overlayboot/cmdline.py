@@ -10,7 +10,8 @@ Parameters (also the README's table): ``overlayboot.medium=``,
 ``overlayboot.image=``, ``overlayboot.findiso=``, ``overlayboot.upper=``,
 ``overlayboot.upper.size=``, ``overlayboot.toram``, ``overlayboot.overlay=``,
 ``overlayboot.block.chunk=``, ``overlayboot.break=``, ``overlayboot.debug``,
-``overlayboot.timeout=``, ``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and dracut's ``root=live:…``.
+``overlayboot.timeout=``, ``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and
+dracut's ``root=live:…``.
 live-boot's, archiso's and dracut's other parameters are translated to these first
 (:mod:`overlayboot.bootparams`); an error in one names the parameter as typed.
 """
