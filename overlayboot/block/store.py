@@ -49,6 +49,9 @@ SUPER_EVERY = 32
 on disk it is a lower bound (a commit newer than it is checked against its CRCs at open),
 and most commits write only data and index pages."""
 
+ZEROS = -1
+"""The source of a chunk that reads as zeros (a discarded one): no file."""
+
 PREFETCH = 8 << 20
 """How far ahead of a sequential reader the base is read (``posix_fadvise`` WILLNEED)."""
 
@@ -200,8 +203,10 @@ class Store:
     # ------------------------------------------------------------------ reads
 
     def _source(self, piece: Piece) -> tuple[int, int]:
-        """(fd, offset) where the bytes of ``piece`` are now."""
+        """(fd, offset) where the bytes of ``piece`` are now; fd ``ZEROS``: zeros."""
         slot = self.index.slot(piece.chunk)
+        if slot is None and self.index.is_zero(piece.chunk):
+            return ZEROS, 0
         if slot is None:
             return self.base_fd, (piece.chunk << self.sb.chunk_shift) + piece.start
         return self.fd, self.sb.slot_offset(slot) + piece.start
@@ -212,7 +217,7 @@ class Store:
         runs: list[tuple[int, int, int]] = []
         for piece in self.pieces(offset, length):
             fd, at = self._source(piece)
-            if runs and runs[-1][0] == fd and runs[-1][1] + runs[-1][2] == at:
+            if runs and runs[-1][0] == fd and (fd == ZEROS or runs[-1][1] + runs[-1][2] == at):
                 runs[-1] = (fd, runs[-1][1], runs[-1][2] + piece.length)
             else:
                 runs.append((fd, at, piece.length))
@@ -223,12 +228,13 @@ class Store:
         of the same file, straight into the buffer returned."""
         runs = self._runs(offset, length)
         self._prefetch(offset, offset + sum(n for _, _, n in runs))
-        if len(runs) == 1:
+        if len(runs) == 1 and runs[0][0] != ZEROS:
             return _pread_full(*runs[0])
         out = bytearray(sum(n for _, _, n in runs))
         view, at = memoryview(out), 0
         for fd, off, n in runs:
-            _preadv_full(fd, view[at : at + n], off)
+            if fd != ZEROS:
+                _preadv_full(fd, view[at : at + n], off)
             at += n
         return out
 
@@ -278,6 +284,27 @@ class Store:
             raise
         return len(data)
 
+    def discard(self, offset: int, length: int) -> None:
+        """The view reads zeros at ``offset`` from now on (``fallocate`` punch-hole or
+        zero-range: a block device's discard). A whole chunk becomes a zero entry in the
+        index and leaves its slot (free after the next commit); the part of a chunk it
+        covers is written with zeros (copy-on-write, as any write). Durable at the next
+        commit, as writes are."""
+        if not self.writable:
+            raise OSError(errno.EROFS, "the store is open read-only")
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            raise OSError(errno.EINVAL, "discard outside the device")
+        for piece in self.pieces(offset, length):
+            if piece.start == 0 and piece.length == self.chunk_length(piece.chunk):
+                old = self.index.slot(piece.chunk)
+                self.index.set_zero(piece.chunk)
+                self.fresh.discard(piece.chunk)
+                self.stale.discard(piece.chunk)
+                if old is not None:
+                    self.slots.leave(old)
+            else:
+                self.write((piece.chunk << self.sb.chunk_shift) + piece.start, bytes(piece.length))
+
     def _at(self, slot: int) -> int:
         return self.sb.slot_offset(slot)
 
@@ -307,10 +334,10 @@ class Store:
             self.slots.leave(old)
 
     def flush(self) -> None:
-        """Make every write so far durable: the changed index pages and the super block
-        written, then one sync. If it fails, the chunks written since the last commit are
-        copied again at their next write (their slots may be named on disk now) and
-        nothing is freed."""
+        """Make every write so far durable: the changed index pages written (and, with every
+        ``SUPER_EVERY``-th commit, the super block), then one sync. If it fails, the chunks
+        written since the last commit are copied again at their next write (their slots
+        may be named on disk now) and nothing is freed."""
         if not self.writable or (not self.fresh and not self.index.dirty):
             return
         try:
