@@ -320,7 +320,10 @@ class Store:
         length = self.chunk_length(piece.chunk)
         if piece.start == 0 and piece.length == length:
             return part
-        whole = bytearray(self.read(piece.chunk << self.sb.chunk_shift, length))
+        whole = bytearray(length)  # read in place: no copy, and a reader's prefetch stays
+        fd, at = self._source(Piece(piece.chunk, 0, length, 0))
+        if fd != ZEROS:
+            _preadv_full(fd, memoryview(whole), at)
         whole[piece.start : piece.start + piece.length] = part
         return whole
 
