@@ -6,8 +6,8 @@ the base's and the store's caches are dropped per file before a cold read), on a
 made fresh for each repetition: 4 KiB random writes with an fsync after each (new chunks:
 copy-on-write of the base), the same offsets written again (chunks already in the
 overlay), the store's growth after them, a cold sequential read of the whole device, and a
-sequential write of it with a final fsync. Medians of the repetitions; JSON in
-bench/results/block-*.json.
+sequential write of it with a final fsync. The order of the devices turns with each
+repetition. Medians of the repetitions; JSON in bench/results/block-*.json.
 """
 
 from __future__ import annotations
@@ -143,9 +143,10 @@ def main(size_mib: int, writes: int, reps: int, cpu: int, work: Path) -> None:
     changed = len({o // CHUNK for o in offsets}) * CHUNK / MiB
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in TARGETS}
     try:
+        names = list(TARGETS)
         for rep in range(reps):
-            for name, cls in TARGETS.items():
-                runs[name].append(one_run(cls(name, work, base), size, offsets))
+            for name in names[rep % 3 :] + names[: rep % 3]:  # none always after another
+                runs[name].append(one_run(TARGETS[name](name, work, base), size, offsets))
                 print(f"rep {rep + 1} {name}: {runs[name][-1]}", flush=True)
     except OverlaybootError as exc:
         sys.exit(f"bench.block: {exc.line()}")

@@ -25,21 +25,7 @@ else
 fi
 OB_LEGACY_ID=$(od -An -tu4 -j8 -N4 "$OB_IMAGE_FILE" | tr -d ' ')-$image_size
 
-if [ -n "$OB_TORAM" ]; then
-    need_kb=$((image_size / 1024 + 65536))
-    avail_kb=$(mem_available_kb)
-    [ "$avail_kb" -gt "$need_kb" ] ||
-        die "not enough memory to copy the image to RAM: it needs $((need_kb / 1024)) MiB, $((avail_kb / 1024)) MiB are available (boot without overlayboot.toram)"
-    mkdir -p "$OB_RUN/toram"
-    mount -t tmpfs -o "size=$((image_size / 1024 + 1024))k,mode=0700" tmpfs "$OB_RUN/toram" ||
-        die "cannot make a tmpfs for overlayboot.toram"
-    log "copying the image to RAM ($((image_size / 1048576)) MiB)"
-    cp "$OB_IMAGE_FILE" "$OB_RUN/toram/image.squashfs" || die "copying the image to RAM failed"
-    OB_IMAGE_FILE=$OB_RUN/toram/image.squashfs
-    umount "$OB_RUN/iso" 2>/dev/null
-    umount "$OB_RUN/medium" 2>/dev/null && log "the medium can be removed"
-    state toram yes
-fi
+[ -z "$OB_TORAM" ] || image_to_ram "$image_size" image.squashfs
 
 # an ext4 image (what overlayboot.overlay=block boots) is a lower layer too: read-only,
 # its journal not replayed (noload)

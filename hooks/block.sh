@@ -6,15 +6,15 @@
 # overlayboot.upper=DEV:DIR). A store made for another image is refused (ERROR: line).
 # Not a phase: phases lower, upper and overlay call these functions in block mode.
 
-# args: none; phase lower: the image stays a file; the daemon reads it from the medium.
-# In: OB_IMAGE_FILE. Out: OB_BASE.
+# args: none; phase lower: the image stays a file; the daemon reads it from the medium, or
+# from RAM with overlayboot.toram (copied first). In: OB_IMAGE_FILE, OB_TORAM. Out: OB_BASE.
 block_lower() {
     [ -f "$OB_IMAGE_FILE" ] || die "the image $OB_IMAGE is not a file on the medium (overlayboot.overlay=block needs a filesystem image file)"
     case $OB_IMAGE_FILE in
         "$OB_RUN"/*) ;;
         *) die "the image $OB_IMAGE is not under $OB_RUN, where the block daemon can read it" ;;
     esac
-    [ -z "$OB_TORAM" ] || log "WARNING: overlayboot.toram is ignored in block mode"
+    [ -z "$OB_TORAM" ] || image_to_ram "$(stat -c %s "$OB_IMAGE_FILE")" image.ext4
     OB_BASE=$OB_IMAGE_FILE
     log "lower: $OB_IMAGE (a filesystem image: block-level copy-on-write)"
 }
@@ -22,30 +22,19 @@ block_lower() {
 # args: none; phase upper: a tmpfs or the persistence partition at $OB_RUN/rw, and the store
 # on it (created the first time). Out: OB_BLOCK_STORE.
 block_upper() {
-    rw=$OB_RUN/rw
-    mkdir -p "$rw"
-    if [ "$OB_UPPER_KIND" = tmpfs ]; then
-        mount -t tmpfs -o "size=$OB_UPPER_SIZE,mode=0700" tmpfs "$rw" ||
-            die "cannot mount a tmpfs of size $OB_UPPER_SIZE for the block store (overlayboot.upper.size)"
-        dir=$rw
+    upper_mount 0700 "the block store"
+    if [ -z "$OB_UPPER_DEV" ]; then
+        dir=$OB_RUN/rw
         log "upper: block store in RAM ($OB_UPPER_SIZE): changes are lost at power-off"
-        state persistent no
-        state upper tmpfs
     else
-        upper_dev=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
-            die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
-        fsck_upper "$upper_dev"
-        mount -o rw,noatime "$upper_dev" "$rw" ||
-            die "cannot mount the persistence partition $upper_dev read-write"
-        dir=$rw/${OB_UPPER_DIR:-overlayboot/$OVERLAYBOOT_LABEL}
-        mkdir -p "$dir" || die "cannot write on the persistence partition $upper_dev"
-        log "upper: block store on $upper_dev ($(devspec "$OB_UPPER_KIND" "$OB_UPPER")): changes persist"
-        state persistent yes
-        state upper "$upper_dev"
+        dir=$OB_RUN/rw/${OB_UPPER_DIR:-overlayboot/$OVERLAYBOOT_LABEL}
+        mkdir -p "$dir" || die "cannot write on the persistence partition $OB_UPPER_DEV"
+        log "upper: block store on $OB_UPPER_DEV ($(devspec "$OB_UPPER_KIND" "$OB_UPPER")): changes persist"
     fi
     OB_BLOCK_STORE=$dir/block.store
     if [ ! -e "$OB_BLOCK_STORE" ]; then
-        out=$("$OB_RUN/runtime/overlayboot" block create --base "$OB_BASE" "$OB_BLOCK_STORE" 2>&1) ||
+        out=$("$OB_RUN/runtime/overlayboot" block create --base "$OB_BASE" \
+            --chunk-size "${OB_BLOCK_CHUNK:-64K}" "$OB_BLOCK_STORE" 2>&1) ||
             die "cannot create the block store ${OB_BLOCK_STORE#"$OB_RUN"}: ${out#overlayboot: error: }"
         log "block: a new store ${OB_BLOCK_STORE#"$OB_RUN"}"
     fi

@@ -237,6 +237,57 @@ fsck_upper() {
     fi
 }
 
+# args: SIZE NAME; overlayboot.toram: the image (OB_IMAGE_FILE, SIZE bytes) copied to a
+# tmpfs at $OB_RUN/toram as NAME, if the memory allows, and the medium let go.
+# Out: OB_IMAGE_FILE (the copy); state toram.
+image_to_ram() {
+    need_kb=$(($1 / 1024 + 65536))
+    avail_kb=$(mem_available_kb)
+    [ "$avail_kb" -gt "$need_kb" ] ||
+        die "not enough memory to copy the image to RAM: it needs $((need_kb / 1024)) MiB, $((avail_kb / 1024)) MiB are available (boot without overlayboot.toram)"
+    mkdir -p "$OB_RUN/toram"
+    mount -t tmpfs -o "size=$(($1 / 1024 + 1024))k,mode=0700" tmpfs "$OB_RUN/toram" ||
+        die "cannot make a tmpfs for overlayboot.toram"
+    log "copying the image to RAM ($(($1 / 1048576)) MiB)"
+    cp "$OB_IMAGE_FILE" "$OB_RUN/toram/$2" || die "copying the image to RAM failed"
+    OB_IMAGE_FILE=$OB_RUN/toram/$2
+    umount "$OB_RUN/iso" 2>/dev/null
+    umount "$OB_RUN/medium" 2>/dev/null && log "the medium can be removed"
+    state toram yes
+}
+
+# args: MODE WHAT; the changes' filesystem mounted at $OB_RUN/rw: a tmpfs of
+# overlayboot.upper.size (MODE: its root's mode; WHAT: what it holds, for the error), or the
+# persistence partition (opened first if LUKS, checked by fsck_upper), or the persistence
+# file phase persistence mounted there already (OB_UPPER_MOUNTED). Phase upper and block
+# mode share it. Out: OB_UPPER_DEV (empty: a tmpfs); state persistent, upper.
+upper_mount() {
+    mkdir -p "$OB_RUN/rw"
+    if [ "$OB_UPPER_KIND" = tmpfs ]; then
+        mount -t tmpfs -o "size=$OB_UPPER_SIZE,mode=$1" tmpfs "$OB_RUN/rw" ||
+            die "cannot mount a tmpfs of size $OB_UPPER_SIZE for $2 (overlayboot.upper.size)"
+        OB_UPPER_DEV=
+        state persistent no
+        state upper tmpfs
+        return 0
+    fi
+    if [ -n "${OB_UPPER_MOUNTED:-}" ]; then
+        OB_UPPER_DEV=$OB_UPPER_MOUNTED # a persistence file, mounted by phase persistence
+    else
+        OB_UPPER_DEV=$(wait_device "$OB_UPPER_KIND" "$OB_UPPER" "$OB_TIMEOUT") ||
+            die "persistence partition $(devspec "$OB_UPPER_KIND" "$OB_UPPER") not found after $OB_TIMEOUT s (overlayboot.upper=, or boot with overlayboot.upper=tmpfs)"
+        if command -v luks_open > /dev/null; then # phase persistence: LUKS, opened
+            luks_open "$OB_UPPER_DEV"
+            OB_UPPER_DEV=$LUKS_DEV
+        fi
+        fsck_upper "$OB_UPPER_DEV"
+        mount -o rw,noatime "$OB_UPPER_DEV" "$OB_RUN/rw" ||
+            die "cannot mount the persistence partition $OB_UPPER_DEV read-write"
+    fi
+    state persistent yes
+    state upper "$OB_UPPER_DEV"
+}
+
 # args: BASE; the layout of older releases (BASE/upper, BASE/work for the image in
 # BASE/image-id, and BASE/upper.ID set aside at image changes) moved to BASE/images/ID/.
 # Their id was the image's mkfs time and size ($OB_LEGACY_ID); changes recorded under the

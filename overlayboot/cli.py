@@ -175,7 +175,7 @@ def mount_cmd(
 @domain_errors
 def umount_cmd(mountpoint: Path, timeout: float) -> None:
     """Unmount an overlayboot mount and wait for its daemon to finish."""
-    from overlayboot.fs.daemon import pid_file
+    from overlayboot.fuseserve import pid_file
     from overlayboot.run import run
 
     mnt = mountpoint.resolve()

@@ -9,8 +9,9 @@ parameter is one ``ERROR:`` line on stderr and exit status 1.
 Parameters (also the README's table): ``overlayboot.medium=``,
 ``overlayboot.image=``, ``overlayboot.findiso=``, ``overlayboot.upper=``,
 ``overlayboot.upper.size=``, ``overlayboot.toram``, ``overlayboot.overlay=``,
-``overlayboot.break=``, ``overlayboot.debug``, ``overlayboot.timeout=``,
-``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and dracut's ``root=live:…``.
+``overlayboot.block.chunk=``, ``overlayboot.break=``, ``overlayboot.debug``,
+``overlayboot.timeout=``, ``overlayboot.onerror=``, ``overlayboot.check``, ``init=``; and
+dracut's ``root=live:…``.
 live-boot's, archiso's and dracut's other parameters are translated to these first
 (:mod:`overlayboot.bootparams`); an error in one names the parameter as typed.
 """
@@ -69,6 +70,7 @@ class BootConfig:
     check: bool = False  # the medium against its SHA256SUMS (hooks/25-check.sh)
     layers: tuple[str, ...] = ()  # more squashfs images over the image (hooks/28-layers.sh)
     overlay: str = "fuse"
+    block_chunk: str = ""  # overlayboot.block.chunk: a new block store's chunk size
     breaks: frozenset[str] = frozenset()
     debug: bool = False
     init: str = "/sbin/init"
@@ -225,6 +227,8 @@ def _overlayboot_param(
         if v not in ("fuse", "kernel", "block"):
             raise CmdlineError(f"overlayboot.overlay={v!r}", "use fuse, kernel or block")
         return replace(cfg, overlay=v)
+    if key == "block.chunk":
+        return replace(cfg, block_chunk=_block_chunk(_need(value, key)))
     if key == "break":
         return replace(cfg, breaks=cfg.breaks | _phase_list(value))
     if key == "debug":
@@ -241,6 +245,17 @@ def _overlayboot_param(
         return replace(cfg, onerror=v)
     warnings.append(f"unknown parameter overlayboot.{key} ignored")
     return cfg
+
+
+def _block_chunk(value: str) -> str:
+    """A chunk size for ``block create --chunk-size``: a power of two from 4K to 1M."""
+    m = re.fullmatch(r"(\d+)([KkMm]?)", value)
+    size = int(m[1]) << {"": 0, "k": 10, "m": 20}[m[2].lower()] if m else 0
+    if size < 4096 or size > 1 << 20 or size & (size - 1):
+        raise CmdlineError(
+            f"overlayboot.block.chunk={value!r} is not a power of two from 4K to 1M", "e.g. 64K"
+        )
+    return str(size)
 
 
 def _layers(value: str) -> tuple[str, ...]:
@@ -318,6 +333,7 @@ def to_shell(cfg: BootConfig) -> str:
         "OB_CHECK": "1" if cfg.check else "",
         "OB_LAYERS": " ".join(cfg.layers),
         "OB_OVERLAY": cfg.overlay,
+        "OB_BLOCK_CHUNK": cfg.block_chunk,
         "OB_BREAK": " ".join(p for p in PHASES + NET_PHASES if p in cfg.breaks),
         "OB_DEBUG": "1" if cfg.debug else "",
         "OB_INIT": cfg.init,

@@ -16,7 +16,7 @@ from overlayboot.block.daemon import FSTYPE
 from overlayboot.block.device import DISK_NAME
 from overlayboot.block.store import Store
 from overlayboot.errors import BlockError, MountError
-from overlayboot.fs.daemon import pid_file
+from overlayboot.fuseserve import pid_file
 from overlayboot.run import run
 
 DEFAULT_DIR = Path("/run/overlayboot/block")

@@ -1,37 +1,26 @@
 """Serving a block store: mount the device's FUSE directory and answer until unmounted.
 
-The same life as the overlay daemon's (``overlayboot.fs.daemon``, whose helpers it uses):
-it detaches only once the mount is live and its pid file is written; it holds the
-store's exclusive ``flock`` for its whole life; a plain mount stops cleanly on SIGTERM,
-SIGINT or an unmount, and one that serves the root filesystem (``as_root``) ignores those
-signals and is protected from the OOM killer (``survive``). At the end it commits the
-store and marks it clean.
+The same life as the overlay daemon's (``overlayboot.fuseserve``): it detaches only once
+the mount is live and its pid file is written; it holds the store's exclusive ``flock``
+for its whole life; a plain mount stops cleanly on SIGTERM, SIGINT or an unmount, and one
+that serves the root filesystem (``as_root``) ignores those signals and is protected from
+the OOM killer. At the end it commits the store and marks it clean.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 from pathlib import Path
 
 import pyfuse3
-import trio
 
+from overlayboot import fuseserve
 from overlayboot.block.device import DeviceOperations
 from overlayboot.block.store import Store
-from overlayboot.errors import MountError
-from overlayboot.fs import survive
-from overlayboot.fs.daemon import (
-    _daemonize,
-    _ready,
-    _unmount_on_signal,
-    _write_pid_file,
-    set_read_ahead,
-    setup_logging,
-    supervised,
-)
+from overlayboot.fs.daemon import set_read_ahead, setup_logging
+from overlayboot.fuseserve import Task
 
 log = logging.getLogger("overlayboot.block")
 
@@ -51,15 +40,12 @@ async def _widen_read_ahead(ops: DeviceOperations, mountpoint: Path) -> None:
     set_read_ahead(mountpoint, fstype=FSTYPE)
 
 
-async def _main_loop(ops: DeviceOperations, mountpoint: Path, as_root: bool) -> None:
-    async with trio.open_nursery() as nursery:
-        if not as_root:
-            nursery.start_soon(supervised, "signals", _unmount_on_signal, False)
-        nursery.start_soon(
-            supervised, "readahead", functools.partial(_widen_read_ahead, ops, mountpoint), False
-        )
-        await pyfuse3.main(min_tasks=1, max_tasks=4)
-        nursery.cancel_scope.cancel()
+def _close(store: Store, store_path: Path) -> None:
+    try:
+        store.close()
+        log.info("committed and closed %s", store_path)
+    except OSError as exc:
+        log.error("closing %s: %s (it shows its last flush)", store_path, exc)
 
 
 def serve(
@@ -80,32 +66,29 @@ def serve(
         if store.was_dirty:
             log.warning("%s was not detached cleanly: it shows its last flush", store_path)
         ops = DeviceOperations(store)
-        if as_root:
-            survive.ignore_termination()
-        try:
-            pyfuse3.init(ops, str(mountpoint), fuse_options(f"overlayboot-block:{store_path}"))
-        except RuntimeError as exc:
-            raise MountError(f"cannot mount {mountpoint}: {exc}") from None
     except BaseException:
         store.abandon()
         raise
-    ready = None if foreground else _daemonize()
-    if as_root:
-        survive.serve_as_root()
-    pidf = _write_pid_file(mountpoint)
-    _ready(ready)
-    log.info("serving %s over %s at %s/disk", store_path, base, mountpoint)
+    readahead = functools.partial(_widen_read_ahead, ops, mountpoint)
+    closed: list[bool] = []
+
+    def finish() -> None:
+        closed.append(True)
+        _close(store, store_path)
+
     try:
-        trio.run(_main_loop, ops, mountpoint, as_root)
+        fuseserve.serve(
+            ops,
+            mountpoint,
+            fuse_options(f"overlayboot-block:{store_path}"),
+            foreground=foreground,
+            as_root=as_root,
+            banner=f"serving {store_path} over {base} at {mountpoint}/disk",
+            tasks=[Task("readahead", readahead, False)],
+            workers=(1, 4),  # the handlers never await: one at a time
+            finish=finish,
+        )
     except BaseException:
-        log.exception("INTERNAL: main loop failed")
+        if not closed:  # not mounted: nothing served
+            store.abandon()
         raise
-    finally:
-        pyfuse3.close(unmount=True)
-        try:
-            store.close()
-            log.info("committed and closed %s", store_path)
-        except OSError as exc:
-            log.error("closing %s: %s (it shows its last flush)", store_path, exc)
-        with contextlib.suppress(OSError):
-            pidf.unlink()

@@ -1,7 +1,8 @@
 """The FUSE side of the device: a directory holding one file, ``disk``, the store's
 copy-on-write view (for ``losetup``). The only pyfuse3 import of ``overlayboot.block``.
 
-Reads and writes go to the :class:`Store`; ``fsync`` (what the loop driver sends for a
+Reads and writes go to the :class:`Store`, and so do discards (``fallocate``, with a
+pyfuse3 that has the handler: ``DISCARD``); ``fsync`` (what the loop driver sends for a
 flush of the block device) commits it. The handlers never await, so each runs whole
 before the next: no lock is needed. No exception escapes (``guarded``): an ``OSError``
 becomes its errno, anything else a logged EIO.
@@ -18,6 +19,11 @@ import trio
 
 from overlayboot.block.store import Store
 from overlayboot.fs.operations import guarded
+
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+DISCARD = hasattr(pyfuse3.Operations, "fallocate")
+"""Whether this pyfuse3 passes fallocate on (patched); without it the kernel answers
+EOPNOTSUPP to a discard and the store keeps the chunks."""
 
 DISK_NAME = b"disk"
 DISK_INODE = 2
@@ -109,12 +115,24 @@ class DeviceOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=DISK_INODE, keep_cache=True)
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(  # type: ignore[override]  # pyfuse3 replies with any buffer
+        self, fh: int, off: int, size: int
+    ) -> bytes | bytearray:
         return self.store.read(off, size)
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return self.store.write(off, buf)
+
+    @guarded
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Punch a hole or zero a range (what the loop driver sends for a discard or a
+        write of zeros): the range reads as zeros. Other modes: EOPNOTSUPP. Called only
+        with a pyfuse3 that has the handler (third_party/pyfuse3/fallocate.patch)."""
+        punch = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if mode not in (punch, FALLOC_FL_ZERO_RANGE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        self.store.discard(offset, min(length, self.store.size - offset))
 
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:

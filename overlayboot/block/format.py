@@ -18,7 +18,9 @@ the last durable one.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -153,8 +155,14 @@ def page_offset(page: int, copy: int) -> int:
 def pack_page(page: int, seq: int, slots: Sequence[int], crcs: Sequence[int]) -> bytes:
     """An index page: ``slots[i]`` is slot + 1 of chunk ``page * ENTRIES_PER_PAGE + i``
     (0: the chunk is the base's), ``crcs[i]`` the CRC-32 of its data."""
-    pairs = [v for pair in zip(slots, crcs, strict=True) for v in pair]
-    body = _PAGE_HEAD.pack(PAGE_MAGIC, page, seq, 0) + _ENTRIES.pack(*pairs)
+    if len(slots) != ENTRIES_PER_PAGE or len(crcs) != ENTRIES_PER_PAGE:
+        raise ValueError(f"an index page holds {ENTRIES_PER_PAGE} entries")
+    pairs = array("I", bytes(8 * ENTRIES_PER_PAGE))  # interleaved by slice: no Python loop
+    pairs[0::2] = array("I", slots)
+    pairs[1::2] = array("I", crcs)
+    if sys.byteorder != "little":
+        pairs.byteswap()
+    body = _PAGE_HEAD.pack(PAGE_MAGIC, page, seq, 0) + pairs.tobytes()
     return body + struct.pack("<I", zlib.crc32(body))
 
 

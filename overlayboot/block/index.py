@@ -28,6 +28,7 @@ from overlayboot.block.format import (
 )
 
 NONE = 0  # a slot entry of 0: the chunk is the base's
+ZERO = 0xFFFFFFFF  # a slot entry of 2**32 - 1: the chunk reads as zeros (discarded), no slot
 
 Verify = Callable[[int, int, int], bool]
 """(chunk, slot, crc) -> whether the slot holds data with that CRC."""
@@ -36,11 +37,11 @@ Verify = Callable[[int, int, int], bool]
 def _changed(newer: PageCopy, older: PageCopy | None) -> list[int]:
     """The entries ``newer`` maps differently from ``older`` (all it maps, without one)."""
     if older is None:
-        return [i for i, s in enumerate(newer.slots) if s]
+        return [i for i, s in enumerate(newer.slots) if s not in (NONE, ZERO)]
     return [
         i
         for i, (s, c) in enumerate(zip(newer.slots, newer.crcs, strict=True))
-        if s and (s != older.slots[i] or c != older.crcs[i])
+        if s not in (NONE, ZERO) and (s != older.slots[i] or c != older.crcs[i])
     ]
 
 
@@ -99,8 +100,20 @@ class Index:
         return index
 
     def slot(self, chunk: int) -> int | None:
+        """The chunk's slot; None: it has none (the base's, or zeros)."""
         entry = self.entries[chunk]
-        return entry - 1 if entry else None
+        return entry - 1 if entry not in (NONE, ZERO) else None
+
+    def is_zero(self, chunk: int) -> bool:
+        return self.entries[chunk] == ZERO
+
+    def set_zero(self, chunk: int) -> None:
+        """The chunk reads as zeros from now on (a discard): no slot, no CRC."""
+        if not self.entries[chunk]:
+            self.mapped += 1
+        self.entries[chunk] = ZERO
+        self.crcs[chunk] = 0
+        self.dirty.add(chunk // ENTRIES_PER_PAGE)
 
     def set(self, chunk: int, slot: int, crc: int = 0) -> None:
         if not self.entries[chunk]:
@@ -115,7 +128,7 @@ class Index:
             self.dirty.add(chunk // ENTRIES_PER_PAGE)
 
     def used_slots(self) -> list[int]:
-        return [e - 1 for e in self.entries if e]
+        return [e - 1 for e in self.entries if e not in (NONE, ZERO)]
 
     def write_dirty(self, fd: int) -> list[int]:
         """Write every changed page over its other copy with a new sequence number (not

@@ -44,6 +44,17 @@ log = logging.getLogger("overlayboot.block")
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
+SUPER_EVERY = 32
+"""The super block's *durable* is written with every 32nd commit, and at attach and detach:
+on disk it is a lower bound (a commit newer than it is checked against its CRCs at open),
+and most commits write only data and index pages."""
+
+ZEROS = -1
+"""The source of a chunk that reads as zeros (a discarded one): no file."""
+
+PREFETCH = 8 << 20
+"""How far ahead of a sequential reader the base is read (``posix_fadvise`` WILLNEED)."""
+
 
 @dataclass(frozen=True)
 class Piece:
@@ -121,6 +132,9 @@ class Store:
         self.fresh: set[int] = set()  # chunks whose slot was taken since the last commit
         self.stale: set[int] = set()  # chunks whose CRC in the index is not their data's
         self.was_dirty = sb.state == State.DIRTY
+        self.durable = sb.durable  # the last commit whose sync returned (on disk: <= it)
+        self.read_end = -1  # where the last read ended (sequential reads: prefetch)
+        self.fetched = 0  # the base is read ahead up to here
 
     @classmethod
     def open(cls, path: Path, base: Path, *, writable: bool) -> Store:
@@ -156,13 +170,15 @@ class Store:
             os.pwrite(self.fd, bytes(PAGE), page_offset(page, copy))
         if self.index.seq > self.sb.durable:
             os.fdatasync(self.fd)
-            self.sb = replace(self.sb, durable=self.index.seq)
+            self.durable = self.index.seq
         self._set_state(State.DIRTY)
 
-    def _set_state(self, state: State) -> None:
-        self.sb = replace(self.sb, state=state)
+    def _set_state(self, state: State, sync: bool = True) -> None:
+        """Write the super block: ``state`` and the last durable commit."""
+        self.sb = replace(self.sb, state=state, durable=self.durable)
         os.pwrite(self.fd, pack_super(self.sb), 0)
-        os.fdatasync(self.fd)
+        if sync:
+            os.fdatasync(self.fd)
 
     # ------------------------------------------------------------------ geometry
 
@@ -187,28 +203,51 @@ class Store:
     # ------------------------------------------------------------------ reads
 
     def _source(self, piece: Piece) -> tuple[int, int]:
-        """(fd, offset) where the bytes of ``piece`` are now."""
+        """(fd, offset) where the bytes of ``piece`` are now; fd ``ZEROS``: zeros."""
         slot = self.index.slot(piece.chunk)
+        if slot is None and self.index.is_zero(piece.chunk):
+            return ZEROS, 0
         if slot is None:
             return self.base_fd, (piece.chunk << self.sb.chunk_shift) + piece.start
         return self.fd, self.sb.slot_offset(slot) + piece.start
 
-    def read(self, offset: int, length: int) -> bytes:
-        """The view's bytes at ``offset`` (fewer only past its end); adjacent pieces from
-        the same file are read with one ``pread``."""
-        out = bytearray()
-        run: tuple[int, int, int] | None = None  # fd, offset, length
+    def _runs(self, offset: int, length: int) -> list[tuple[int, int, int]]:
+        """(fd, offset, length) of the reads that give the view's bytes at ``offset``:
+        adjacent pieces from the same file make one run."""
+        runs: list[tuple[int, int, int]] = []
         for piece in self.pieces(offset, length):
             fd, at = self._source(piece)
-            if run is not None and run[0] == fd and run[1] + run[2] == at:
-                run = (fd, run[1], run[2] + piece.length)
-                continue
-            if run is not None:
-                out += _pread_full(*run)
-            run = (fd, at, piece.length)
-        if run is not None:
-            out += _pread_full(*run)
-        return bytes(out)
+            if runs and runs[-1][0] == fd and (fd == ZEROS or runs[-1][1] + runs[-1][2] == at):
+                runs[-1] = (fd, runs[-1][1], runs[-1][2] + piece.length)
+            else:
+                runs.append((fd, at, piece.length))
+        return runs
+
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """The view's bytes at ``offset`` (fewer only past its end): one ``pread`` per run
+        of the same file, straight into the buffer returned."""
+        runs = self._runs(offset, length)
+        self._prefetch(offset, offset + sum(n for _, _, n in runs))
+        if len(runs) == 1 and runs[0][0] != ZEROS:
+            return _pread_full(*runs[0])
+        out = bytearray(sum(n for _, _, n in runs))
+        view, at = memoryview(out), 0
+        for fd, off, n in runs:
+            if fd != ZEROS:
+                _preadv_full(fd, view[at : at + n], off)
+            at += n
+        return out
+
+    def _prefetch(self, offset: int, end: int) -> None:
+        """A sequential reader: have the kernel read the base ahead of it (``PREFETCH``
+        bytes, asynchronously), so that its next request does not wait for the disk."""
+        sequential, self.read_end = offset == self.read_end, end
+        if not sequential or end + PREFETCH // 2 <= self.fetched:
+            return
+        start, stop = max(end, self.fetched), min(end + PREFETCH, self.size)
+        if stop > start:
+            os.posix_fadvise(self.base_fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+        self.fetched = stop
 
     # ------------------------------------------------------------------ writes
 
@@ -245,6 +284,27 @@ class Store:
             raise
         return len(data)
 
+    def discard(self, offset: int, length: int) -> None:
+        """The view reads zeros at ``offset`` from now on (``fallocate`` punch-hole or
+        zero-range: a block device's discard). A whole chunk becomes a zero entry in the
+        index and leaves its slot (free after the next commit); the part of a chunk it
+        covers is written with zeros (copy-on-write, as any write). Durable at the next
+        commit, as writes are."""
+        if not self.writable:
+            raise OSError(errno.EROFS, "the store is open read-only")
+        if offset < 0 or length <= 0 or offset + length > self.size:
+            raise OSError(errno.EINVAL, "discard outside the device")
+        for piece in self.pieces(offset, length):
+            if piece.start == 0 and piece.length == self.chunk_length(piece.chunk):
+                old = self.index.slot(piece.chunk)
+                self.index.set_zero(piece.chunk)
+                self.fresh.discard(piece.chunk)
+                self.stale.discard(piece.chunk)
+                if old is not None:
+                    self.slots.leave(old)
+            else:
+                self.write((piece.chunk << self.sb.chunk_shift) + piece.start, bytes(piece.length))
+
     def _at(self, slot: int) -> int:
         return self.sb.slot_offset(slot)
 
@@ -260,7 +320,10 @@ class Store:
         length = self.chunk_length(piece.chunk)
         if piece.start == 0 and piece.length == length:
             return part
-        whole = bytearray(self.read(piece.chunk << self.sb.chunk_shift, length))
+        whole = bytearray(length)  # read in place: no copy, and a reader's prefetch stays
+        fd, at = self._source(Piece(piece.chunk, 0, length, 0))
+        if fd != ZEROS:
+            _preadv_full(fd, memoryview(whole), at)
         whole[piece.start : piece.start + piece.length] = part
         return whole
 
@@ -274,10 +337,10 @@ class Store:
             self.slots.leave(old)
 
     def flush(self) -> None:
-        """Make every write so far durable: the changed index pages and the super block
-        written, then one sync. If it fails, the chunks written since the last commit are
-        copied again at their next write (their slots may be named on disk now) and
-        nothing is freed."""
+        """Make every write so far durable: the changed index pages written (and, with every
+        ``SUPER_EVERY``-th commit, the super block), then one sync. If it fails, the chunks
+        written since the last commit are copied again at their next write (their slots
+        may be named on disk now) and nothing is freed."""
         if not self.writable or (not self.fresh and not self.index.dirty):
             return
         try:
@@ -288,7 +351,8 @@ class Store:
                 self.index.set_crc(chunk, zlib.crc32(data))
             self.stale.clear()
             pages = self.index.write_dirty(self.fd)
-            os.pwrite(self.fd, pack_super(self.sb), 0)
+            if self.index.seq - self.sb.durable > SUPER_EVERY:
+                self._set_state(self.sb.state, sync=False)
             os.fdatasync(self.fd)
         except BaseException:
             self.fresh.clear()
@@ -296,7 +360,7 @@ class Store:
         self.index.committed(pages)
         self.slots.commit_done()
         self.fresh.clear()
-        self.sb = replace(self.sb, durable=self.index.seq)
+        self.durable = self.index.seq
 
     def close(self) -> None:
         """Commit, mark the store clean (writable) and close it."""
@@ -322,6 +386,14 @@ def _pread_full(fd: int, offset: int, length: int) -> bytes:
             raise OSError(errno.EIO, "short read from the base or the store")
         data += more
     return data
+
+
+def _preadv_full(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError(errno.EIO, "short read from the base or the store")
+        view, offset = view[n:], offset + n
 
 
 def _consecutive(moved: list[tuple[int, int, Buffer]]) -> list[tuple[int, int, Buffer]]:

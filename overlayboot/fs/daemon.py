@@ -1,4 +1,5 @@
-"""Mounting the overlay and running the FUSE main loop, in the foreground or as a daemon.
+"""Mounting the overlay and running the FUSE main loop, in the foreground or as a daemon
+(the life both daemons share is ``overlayboot.fuseserve``'s).
 
 The daemon detaches only once the mount is live and its pid is written to
 ``/run/overlayboot/mounts/<escaped mount point>.pid``, so ``overlayboot mount``
@@ -11,33 +12,25 @@ fails is logged and started again: it never takes the request loop down with it.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
 import resource
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
-import trio
 
-from overlayboot import mounttable
-from overlayboot.errors import ConfigError, MountError
-from overlayboot.fs import cloneseal, cowseal, seal, survive, upperlock
+from overlayboot import fuseserve, mounttable
+from overlayboot.errors import ConfigError
+from overlayboot.fs import cloneseal, cowseal, seal, upperlock
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.operations import OverlayOperations
+from overlayboot.fuseserve import Task
+from overlayboot.fuseserve import pid_file as pid_file  # where the other modules look
 
 log = logging.getLogger("overlayboot.daemon")
-
-RUN_DIR = Path("/run/overlayboot/mounts")
-
-
-def pid_file(mountpoint: Path) -> Path:
-    escaped = str(mountpoint).strip("/").replace("-", "--").replace("/", "-") or "-"
-    return RUN_DIR / f"{escaped}.pid"
 
 
 def fuse_options(cfg: OverlayConfig) -> set[str]:
@@ -111,93 +104,10 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _daemonize() -> int:
-    """Fork; the child detaches and gets the write end of a pipe, on which it reports
-    that it is ready (``_ready``). The parent waits for that and exits 0, or 4 if the
-    child died first: ``overlayboot mount`` returns once the daemon is fully up."""
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(wfd)
-        ok = os.read(rfd, 1) == b"1"
-        if not ok:
-            os.write(2, b"overlayboot: error: the overlay daemon failed to start (see its log)\n")
-        os._exit(0 if ok else MountError.exit_code)
-    os.close(rfd)
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    if devnull > 2:
-        os.close(devnull)
-    return wfd
-
-
-def _ready(wfd: int | None) -> None:
-    """Tell the waiting parent that the daemon is up (no-op in the foreground)."""
-    if wfd is None:
-        return
-    with contextlib.suppress(OSError):
-        os.write(wfd, b"1")
-    with contextlib.suppress(OSError):
-        os.close(wfd)
-
-
-def _write_pid_file(mountpoint: Path) -> Path:
-    pidf = pid_file(mountpoint)
-    with contextlib.suppress(OSError):
-        pidf.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pidf.with_suffix(".tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.rename(pidf)
-    return pidf
-
-
 async def _widen_read_ahead(ops: OverlayOperations, mountpoint: Path) -> None:
     # the kernel caps the window at what it offered when it gets the INIT reply: after it
     await ops.initialized.wait()
     set_read_ahead(mountpoint)
-
-
-RESTART_DELAY = 1.0  # seconds before a failed background task runs again
-
-
-async def supervised(name: str, task: Callable[[], Awaitable[object]], again: bool) -> None:
-    """Run a background task so that its failure is logged, never fatal: the nursery it
-    shares with the request loop would otherwise cancel the loop, and unmount ``/``.
-    ``again``: a task meant to run for the daemon's life is started again after a pause."""
-    while True:
-        try:
-            await task()
-        except Exception:
-            log.exception("INTERNAL: background task %s failed", name)
-        if not again:
-            return
-        log.warning("background task %s: starting it again", name)
-        await trio.sleep(RESTART_DELAY)
-
-
-async def _unmount_on_signal() -> None:
-    with trio.open_signal_receiver(*survive.TERMINATION_SIGNALS) as sigs:
-        async for signum in sigs:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
-
-
-async def _main_loop(
-    overlay: Overlay, ops: OverlayOperations, mountpoint: Path, as_root: bool
-) -> None:
-    async with trio.open_nursery() as nursery:
-        if not as_root:
-            nursery.start_soon(supervised, "signals", _unmount_on_signal, False)
-        nursery.start_soon(supervised, "flusher", overlay.partials.flusher, True)
-        nursery.start_soon(supervised, "backing-closer", ops.close_backings, True)
-        nursery.start_soon(
-            supervised, "readahead", functools.partial(_widen_read_ahead, ops, mountpoint), False
-        )
-        await pyfuse3.main(min_tasks=2, max_tasks=64)
-        nursery.cancel_scope.cancel()
 
 
 def serve(
@@ -219,35 +129,29 @@ def serve(
         log_file = cfg.scratch / "daemon.log"
     overlay = _prepare(cfg, log_file, debug)
     ops = OverlayOperations(overlay)
-    if as_root:
-        survive.ignore_termination()
-    try:
-        pyfuse3.init(ops, str(mountpoint), fuse_options(cfg))
-    except RuntimeError as exc:
-        raise MountError(f"cannot mount {mountpoint}: {exc}") from None
-    ready = None if foreground else _daemonize()
-    if as_root:
-        survive.serve_as_root()  # memory locks are not inherited across fork: after it
-    pidf = _write_pid_file(mountpoint)
-    _ready(ready)
-    log.info(
-        "mounted %s: lower=%s upper=%s work=%s",
-        mountpoint,
-        ":".join(map(str, cfg.lowers)),
-        cfg.upper,
-        cfg.work,
-    )
-    try:
-        trio.run(_main_loop, overlay, ops, mountpoint, as_root)
-    except BaseException:
-        log.exception("INTERNAL: main loop failed")
-        raise
-    finally:
-        pyfuse3.close(unmount=True)
+    tasks = [
+        Task("flusher", overlay.partials.flusher, True),
+        Task("backing-closer", ops.close_backings, True),
+        Task("readahead", functools.partial(_widen_read_ahead, ops, mountpoint), False),
+    ]
+    lowers = ":".join(map(str, cfg.lowers))
+
+    def finish() -> None:
         _finish_partials(overlay)
-        with contextlib.suppress(OSError):
-            pidf.unlink()
         log.info("unmounted %s", mountpoint)
+
+    try:
+        fuseserve.serve(
+            ops,
+            mountpoint,
+            fuse_options(cfg),
+            foreground=foreground,
+            as_root=as_root,
+            banner=f"mounted {mountpoint}: lower={lowers} upper={cfg.upper} work={cfg.work}",
+            tasks=tasks,
+            finish=finish,
+        )
+    finally:
         for fd in locks:
             os.close(fd)
 

@@ -29,9 +29,10 @@ from pathlib import Path
 import pytest
 
 from overlayboot.block import attach, manage
+from overlayboot.block.device import DISCARD
 from overlayboot.block.store import Store
 from overlayboot.errors import BlockError
-from overlayboot.fs.daemon import pid_file
+from overlayboot.fuseserve import pid_file
 from tests.fuse.helpers import tmpfs
 from tests.mounts import have_fuse, umount
 from tests.waiting import wait_exit, wait_for
@@ -451,3 +452,59 @@ def test_a_full_disk_fails_writes_and_the_store_stays_valid(tmp_path: Path) -> N
             assert st.read(tail, size - tail) == base[tail:]
         finally:
             st.abandon()
+
+
+def _in_use(d: Device) -> tuple[int, int]:
+    """(slots in use, zero chunks) of the detached store."""
+    st = Store.open(d.store, d.base, writable=False)
+    try:
+        zeros = sum(st.index.is_zero(c) for c in range(st.sb.chunks))
+        return st.slots.in_use, zeros
+    finally:
+        st.abandon()
+
+
+@pytest.mark.skipif(not DISCARD, reason="pyfuse3 without fallocate (third_party/pyfuse3)")
+def test_discard_reads_zeros_and_frees_chunks(tmp_path: Path) -> None:
+    size, chunk = 8 * MiB, 64 * KiB
+    model = bytearray(_random_base(tmp_path / "base.img", size, 3))
+    with attached(tmp_path, tmp_path / "base.img", chunk) as d:
+        with open(d.dev, "r+b", buffering=0) as f:
+            data = random.Random(4).randbytes(2 * MiB)
+            f.write(data)
+            os.fsync(f.fileno())
+        model[: 2 * MiB] = data
+        # whole written chunks, part of a written chunk, base chunks never written
+        for off, n in ((chunk, 4 * chunk), (MiB + 4 * KiB, 8 * KiB), (4 * MiB, MiB)):
+            subprocess.run(["blkdiscard", "-o", str(off), "-l", str(n), d.dev], check=True)
+            model[off : off + n] = bytes(n)
+        with open(d.dev, "rb") as f:
+            os.fsync(f.fileno())
+        assert _direct_read(attach.disk_of(d.mnt), size) == model
+        d.detach()
+        assert _in_use(d) == (32 - 4, 4 + 16)  # the partial discard: a new version, as a write
+        d.attach()
+        with open(d.dev, "rb") as f:
+            assert f.read() == model
+        # ext4's fstrim: a deleted file's chunks leave the store
+        fs = d.mnt.parent / "fs"
+        fs.mkdir()
+        subprocess.run(["mkfs.ext4", "-q", "-F", d.dev], check=True)
+        subprocess.run(["mount", d.dev, str(fs)], check=True)
+        try:
+            (fs / "big").write_bytes(random.Random(5).randbytes(4 * MiB))
+        finally:
+            umount(fs)
+        d.detach()
+        before = _in_use(d)[0]
+        d.attach()
+        subprocess.run(["mount", d.dev, str(fs)], check=True)
+        try:
+            (fs / "big").unlink()
+            subprocess.run(["sync", "-f", str(fs)], check=True)  # its blocks free on disk
+            subprocess.run(["fstrim", str(fs)], check=True)
+        finally:
+            umount(fs)
+        _e2fsck_clean(d.dev)
+        d.detach()
+        assert _in_use(d)[0] <= before - 60, (before, _in_use(d))

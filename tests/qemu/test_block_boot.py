@@ -5,6 +5,9 @@ One test, four boots: write in the live root and power off (the shutdown detache
 device: the store is clean, with only the changed chunks); boot again and find the change;
 boot the same image in the file-level mode (FUSE overlay, the ext4 image as lower); boot
 another image with the same partition: the store is refused with the ERROR: line.
+Another, two boots: the store in RAM (no persistence partition), with overlayboot.toram
+(the image copied to RAM, the medium let go) and overlayboot.block.chunk=16K: writes work,
+the store has 16 KiB chunks; the next boot has none of the changes.
 """
 
 from __future__ import annotations
@@ -127,3 +130,36 @@ def test_block_mode_persists_and_refuses_another_image(
         line = guest.first.text
     assert "the block device did not start" in line and "made for another base" in line, line
     print(f"block mode: shell after {first:.1f} s; store {info.mapped} chunks changed")
+
+
+def test_block_mode_in_ram_with_toram_and_a_chunk_size(
+    kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
+) -> None:
+    medium = _block_medium(tmp_path / "a")
+    ram = ("overlayboot.overlay=block", "overlayboot.toram", "overlayboot.block.chunk=16K")
+    with booted(kernel, initramfs, cd(medium), *ram, until=ROOT_MARKER) as guest:
+        mount = guest.vm.wait_for(r"^OVERLAYBOOT-ROOT: / is ", timeout=5).text
+        assert re.search(r" is /dev/loop\d+ / ext4 rw", mount), guest.vm.log()
+        state = guest.sh("grep -E '^(toram|persistent|upper)=' /run/overlayboot/state | sort")
+        assert state == "persistent=no toram=yes upper=tmpfs", state
+        # the daemon reads the image from RAM, the medium is let go
+        assert guest.sh("grep -c ' /run/overlayboot/medium ' /proc/mounts") == "0"
+        assert guest.sh("cat /etc/release") == "from the image"
+        made = "dd if=/dev/urandom of=/etc/blob bs=64k count=40 2>/dev/null && sync"
+        guest.sh(f"{made} && md5sum /etc/blob > /etc/blob.md5")
+        assert guest.sh("echo kept > /etc/note && cat /etc/note") == "kept"
+        guest.sh("echo 3 > /proc/sys/vm/drop_caches")  # read back through the device
+        assert guest.sh("md5sum -c /etc/blob.md5 2>&1") == "/etc/blob: OK"
+        info = guest.sh(
+            "/run/overlayboot/runtime/overlayboot block info /run/overlayboot/rw/block.store"
+            " | grep -E 'chunk size|changed'",
+            timeout=60,
+        )
+        assert "chunk size: 16384 bytes" in info, info
+        changed = re.search(r"changed: (\d+) chunks", info)
+        assert changed and int(changed[1]) >= 40 * 4, info  # the blob alone is 160 chunks of 16 KiB
+    log = guest.vm.log()
+    assert "ERROR" not in log and "the medium can be removed" in log, log
+    with booted(kernel, initramfs, cd(medium), ram[0], until=ROOT_MARKER) as guest:
+        assert guest.sh("ls /etc/note /etc/blob 2>/dev/null | wc -l") == "0"
+        assert guest.sh("cat /etc/release") == "from the image"

@@ -1,6 +1,6 @@
 """The block store against a model (no root, no FUSE): random writes across chunk edges,
 flushes, reopen, a crash (close without commit), a torn commit, a full store, a wrong
-base, merge, reset, info and store growth."""
+base, merge, reset, info, store growth, and discards (zeros, slots freed)."""
 
 from __future__ import annotations
 
@@ -288,3 +288,48 @@ def test_a_commit_whose_data_did_not_reach_the_disk_does_not_count(tmp_path: Pat
     assert st.read(far * CHUNK, CHUNK) == b"\x04" * CHUNK
     assert st.sb.durable == st.index.seq and not st.index.rejected
     st.abandon()
+
+
+def test_discards_read_zeros_free_their_slots_and_survive_reopen_and_crash(
+    tmp_path: Path, base: tuple[Path, bytes]
+) -> None:
+    path = _store(tmp_path, base[0])
+    model = bytearray(base[1])
+    rng = random.Random(5)
+    st = Store.open(path, base[0], writable=True)
+    for step in range(300):
+        if rng.random() < 0.3:  # a discard: whole chunks, parts of chunks, across edges
+            off = rng.randrange(len(model) - 1)
+            n = min(rng.choice([1, 600, CHUNK, 3 * CHUNK + 5, 20 * CHUNK]), len(model) - off)
+            st.discard(off, n)
+            model[off : off + n] = bytes(n)
+        else:
+            _random_write(rng, model, st)
+        if rng.random() < 0.2:
+            st.flush()
+        if step % 40 == 0:
+            assert st.read(0, len(model)) == model
+    st.flush()
+    used = st.slots.in_use
+    zeros = sum(st.index.is_zero(c) for c in range(st.sb.chunks))
+    assert zeros > 0 and used + zeros <= st.index.mapped
+    st.close()
+    st = Store.open(path, base[0], writable=True)
+    assert st.read(0, len(model)) == model  # after reopen: the zero entries are on disk
+    flushed = bytes(model)
+    st.discard(0, 8 * CHUNK)  # not flushed: a crash forgets it
+    st.abandon()
+    st = Store.open(path, base[0], writable=True)
+    assert st.read(0, len(model)) == flushed
+    # a discarded chunk's slot is reused: writing it all again does not grow the store
+    size = os.path.getsize(path)
+    st.discard(0, 16 * CHUNK)
+    st.flush()
+    st.write(0, rng.randbytes(16 * CHUNK))
+    st.close()
+    assert os.path.getsize(path) <= size
+    st = Store.open(path, base[0], writable=True)
+    with pytest.raises(OSError) as exc:
+        st.discard(len(model) - 10, 20)
+    st.close()
+    assert exc.value.errno == errno.EINVAL

@@ -132,3 +132,13 @@ def test_block_mode_defaults_to_an_ext4_image() -> None:
     assert parse_cmdline("overlayboot.overlay=block").image == DEFAULT_BLOCK_IMAGE
     cfg = parse_cmdline("overlayboot.overlay=block overlayboot.image=/live/root.img")
     assert (cfg.overlay, cfg.image) == ("block", "/live/root.img")
+
+
+def test_block_chunk_size() -> None:
+    cfg = parse_cmdline("overlayboot.overlay=block overlayboot.block.chunk=16K")
+    assert cfg.block_chunk == "16384" and "OB_BLOCK_CHUNK=16384" in to_shell(cfg)
+    assert parse_cmdline("overlayboot.block.chunk=1m").block_chunk == str(1 << 20)
+    assert "OB_BLOCK_CHUNK=''" in to_shell(parse_cmdline("overlayboot.overlay=block"))
+    for bad in ("3K", "2K", "2M", "64KB", "x"):
+        with pytest.raises(CmdlineError, match="not a power of two from 4K to 1M"):
+            parse_cmdline(f"overlayboot.block.chunk={bad}")

@@ -16,9 +16,10 @@ from overlayboot.fs import longpath, sysio, upperlock
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.copyup import set_origin
 from overlayboot.fs.core import Overlay
-from overlayboot.fs.daemon import fuse_options, supervised
+from overlayboot.fs.daemon import fuse_options
 from overlayboot.fs.dirops import _rename_leaving_whiteout
 from overlayboot.fs.whiteout import XattrNames, is_whiteout_stat
+from overlayboot.fuseserve import supervised
 
 
 def _cfg(tmp_path: Path, *options: str) -> OverlayConfig:
@@ -39,7 +40,7 @@ def test_default_fsname(tmp_path: Path) -> None:
 
 
 def test_a_failing_background_task_is_restarted_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("overlayboot.fs.daemon.RESTART_DELAY", 0)
+    monkeypatch.setattr("overlayboot.fuseserve.RESTART_DELAY", 0)
     runs: list[int] = []
     done = trio.Event()
 
