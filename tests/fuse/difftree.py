@@ -737,6 +737,16 @@ class DiffSession:
                 and e == _replace(seen, nlink=None, links=None, dirent=())
                 and _origin(self.dirs[0] / "upper" / rel) in multilinked(self.lowers)
             )
+            # The kernel's copy-up before a failing operation may sit under a name the
+            # lowers do not have there (its directory renamed or exchanged since, a
+            # redirect): tolerated in the reference's upper when it shows exactly what
+            # the mount shows at that name.
+            tolerated |= (
+                rel not in us
+                and seen is not None
+                and e.kind == "file"
+                and e == _replace(seen, nlink=None, links=None, dirent=())
+            )
             if tolerated:
                 us.pop(rel, None)
                 ur.pop(rel, None)
