@@ -429,7 +429,9 @@ class OverlayOperations(pyfuse3.Operations):
         return file_info(fh, self.files.backing_id(fh))
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # pyfuse3 replies with any buffer, at once: a partial file answers from a buffer
+        # of its own (a memoryview) and saves a copy of every request
         return self.files.read(fh, off, size)
 
     @guarded
