@@ -119,6 +119,19 @@ def _with_digest(ident: LowerIdentity, digest: bytes) -> LowerIdentity:
     )
 
 
+class ReadBuffer:
+    """The buffer partial files answer reads from: one per daemon, as the daemon handles one
+    request at a time and the reply is sent before the next one runs."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def view(self, n: int) -> memoryview:
+        if len(self.data) < n:
+            self.data = bytearray(n)  # a new one: a view of the old one may still be alive
+        return memoryview(self.data)[:n]
+
+
 class ChunkedFile:
     """One open partial file: an fd on the upper file, one on the lower, and the map.
 
@@ -128,7 +141,13 @@ class ChunkedFile:
     """
 
     def __init__(
-        self, fd: int, lower_fd: int, cmap: ChunkMap | None, name: str, error: str | None = None
+        self,
+        fd: int,
+        lower_fd: int,
+        cmap: ChunkMap | None,
+        name: str,
+        error: str | None = None,
+        buf: ReadBuffer | None = None,
     ) -> None:
         self.fd = fd
         self.lower_fd = lower_fd
@@ -139,22 +158,22 @@ class ChunkedFile:
         self.refs = 1
         self.pending = 0
         self.dirty_since: float | None = None
-        self._buf = bytearray()
+        self.buf = buf if buf is not None else ReadBuffer()
 
     # -- reading -------------------------------------------------------------------
 
     def read(self, off: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``off`` (fewer at the end of the file): the lower's bytes of
         the request in one read (so the lower's readahead stays sequential), then the
-        upper's mapped runs over them, all in one buffer of this file (valid until the
-        next read: the reply is sent before any other request runs)."""
+        upper's mapped runs over them, all in ``buf`` (valid until the next read of a
+        partial file: the reply is sent before any other request runs)."""
         cmap = self._map()
         if cmap is None:
             return os.pread(self.fd, size, off)
         end = min(off + size, os.fstat(self.fd).st_size)
         if end <= off:
             return b""
-        view = self._buffer(end - off)
+        view = self.buf.view(end - off)
         runs = list(_runs(cmap, off, end))
         holes = [(a, b) for mapped, a, b in runs if not mapped]
         if holes:
@@ -163,11 +182,6 @@ class ChunkedFile:
             if mapped:
                 _preadv_full(self.fd, view[a - off : b - off], a)
         return view
-
-    def _buffer(self, n: int) -> memoryview:
-        if len(self._buf) < n:
-            self._buf = bytearray(n)
-        return memoryview(self._buf)[:n]
 
     def _read_lower(self, cmap: ChunkMap, view: memoryview, off: int, a: int, b: int) -> None:
         """Bytes [a, b) of the file as the lower shows them (zeros past ``valid``) into

@@ -430,8 +430,8 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
-        # pyfuse3 replies with any buffer, at once: a partial file answers from a buffer
-        # of its own (a memoryview) and saves a copy of every request
+        # pyfuse3 replies with any buffer, at once: a partial file answers from the daemon's
+        # one read buffer (a memoryview), which saves a copy of every request
         return self.files.read(fh, off, size)
 
     @guarded
