@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Iterator
 
 from overlayboot.fs import longpath, sysio
 from overlayboot.fs.chunkmap import (
@@ -118,6 +119,19 @@ def _with_digest(ident: LowerIdentity, digest: bytes) -> LowerIdentity:
     )
 
 
+class ReadBuffer:
+    """The buffer partial files answer reads from: one per daemon, as the daemon handles one
+    request at a time and the reply is sent before the next one runs."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def view(self, n: int) -> memoryview:
+        if len(self.data) < n:
+            self.data = bytearray(n)  # a new one: a view of the old one may still be alive
+        return memoryview(self.data)[:n]
+
+
 class ChunkedFile:
     """One open partial file: an fd on the upper file, one on the lower, and the map.
 
@@ -127,7 +141,13 @@ class ChunkedFile:
     """
 
     def __init__(
-        self, fd: int, lower_fd: int, cmap: ChunkMap | None, name: str, error: str | None = None
+        self,
+        fd: int,
+        lower_fd: int,
+        cmap: ChunkMap | None,
+        name: str,
+        error: str | None = None,
+        buf: ReadBuffer | None = None,
     ) -> None:
         self.fd = fd
         self.lower_fd = lower_fd
@@ -138,30 +158,38 @@ class ChunkedFile:
         self.refs = 1
         self.pending = 0
         self.dirty_since: float | None = None
+        self.buf = buf if buf is not None else ReadBuffer()
 
     # -- reading -------------------------------------------------------------------
 
-    def read(self, off: int, size: int) -> bytes:
+    def read(self, off: int, size: int) -> bytes | memoryview:
+        """``size`` bytes at ``off`` (fewer at the end of the file): the lower's bytes of
+        the request in one read (so the lower's readahead stays sequential), then the
+        upper's mapped runs over them, all in ``buf`` (valid until the next read of a
+        partial file: the reply is sent before any other request runs)."""
         cmap = self._map()
         if cmap is None:
             return os.pread(self.fd, size, off)
         end = min(off + size, os.fstat(self.fd).st_size)
-        parts: list[bytes] = []
-        pos = off
-        while pos < end:
-            mapped, run_end = cmap.run_at(pos >> cmap.shift)
-            seg_end = min(end, run_end << cmap.shift)
+        if end <= off:
+            return b""
+        view = self.buf.view(end - off)
+        runs = list(_runs(cmap, off, end))
+        holes = [(a, b) for mapped, a, b in runs if not mapped]
+        if holes:
+            self._read_lower(cmap, view, off, holes[0][0], holes[-1][1])
+        for mapped, a, b in runs:
             if mapped:
-                parts.append(_pread_full(self.fd, pos, seg_end - pos))
-            else:
-                parts.append(self._lower(cmap, pos, seg_end))
-            pos = seg_end
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+                _preadv_full(self.fd, view[a - off : b - off], a)
+        return view
 
-    def _lower(self, cmap: ChunkMap, start: int, end: int) -> bytes:
-        lim = min(end, cmap.valid)
-        data = _pread_full(self.lower_fd, start, lim - start) if start < lim else b""
-        return data + bytes(end - start - len(data)) if len(data) < end - start else data
+    def _read_lower(self, cmap: ChunkMap, view: memoryview, off: int, a: int, b: int) -> None:
+        """Bytes [a, b) of the file as the lower shows them (zeros past ``valid``) into
+        ``view`` (which starts at ``off``)."""
+        lim = min(b, cmap.valid)
+        got = _preadv_full(self.lower_fd, view[a - off : lim - off], a) if a < lim else 0
+        if a + got < b:
+            view[a + got - off : b - off] = bytes(b - a - got)
 
     # -- writing -------------------------------------------------------------------
 
@@ -315,6 +343,27 @@ def _pread_full(fd: int, off: int, n: int) -> bytes:
         parts.append(more)
         got += len(more)
     return b"".join(parts)
+
+
+def _runs(cmap: ChunkMap, start: int, end: int) -> Iterator[tuple[bool, int, int]]:
+    """(mapped, from, to) for the runs of equal state that make up bytes [start, end)."""
+    pos = start
+    while pos < end:
+        mapped, run_end = cmap.run_at(pos >> cmap.shift)
+        seg_end = min(end, run_end << cmap.shift)
+        yield mapped, pos, seg_end
+        pos = seg_end
+
+
+def _preadv_full(fd: int, view: memoryview, off: int) -> int:
+    """Fill ``view`` from ``fd`` at ``off``; how many bytes (fewer only at the end of the file)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], off + got)
+        if n == 0:
+            break
+        got += n
+    return got
 
 
 def _pwrite_all(fd: int, buf: bytes, off: int) -> int:

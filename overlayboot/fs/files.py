@@ -209,7 +209,8 @@ class OpenFiles:
         os.close(handle.fd)
         handle.fd, handle.upper, handle.partial = fd, True, partial
 
-    def read(self, number: int, off: int, size: int) -> bytes:
+    def read(self, number: int, off: int, size: int) -> bytes | memoryview:
+        """Bytes of handle ``number`` (a memoryview: valid until the next partial read)."""
         handle = self.get(number)
         if handle.partial is not None:
             return handle.partial.read(off, size)

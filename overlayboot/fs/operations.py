@@ -432,7 +432,9 @@ class OverlayOperations(pyfuse3.Operations):
         return file_info(fh, self.files.backing_id(fh))
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
+        # pyfuse3 replies with any buffer, at once: a partial file answers from the daemon's
+        # one read buffer (a memoryview), which saves a copy of every request
         return self.files.read(fh, off, size)
 
     @guarded

@@ -45,6 +45,7 @@ class PartialCopyUps:
         self.verified: set[int] = set()  # upper inodes whose lower digest was checked
         self.reported: set[int] = set()  # upper inodes whose stale lower was logged
         self._blocks: dict[tuple[int, int], int | None] = {}  # (ino, ctime) -> blocks
+        self.read_buf = chunked.ReadBuffer()  # shared by every open partial file
 
     def start(self, tmp_fd: int, src: bytes, st: os.stat_result, lower: LowerRef) -> bool:
         """At copy-up: make ``tmp_fd`` a partial copy of ``src`` if the policy says so."""
@@ -85,7 +86,7 @@ class PartialCopyUps:
             except BaseException:
                 os.close(own)
                 raise
-        p = chunked.ChunkedFile(own, lower_fd, cmap, self.name, error=why)
+        p = chunked.ChunkedFile(own, lower_fd, cmap, self.name, error=why, buf=self.read_buf)
         self.open[st.st_ino] = p
         if why is not None:
             self._report(st.st_ino, path, why)

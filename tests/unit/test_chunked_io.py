@@ -63,7 +63,7 @@ def _open(low: Path, up: Path) -> chunked.ChunkedFile:
 def _check(p: chunked.ChunkedFile, model: bytearray, rng: random.Random) -> None:
     assert os.fstat(p.fd).st_size == len(model)
     off = rng.randrange(0, len(model) + 10_000)
-    n = rng.choice([1, 100, 4096, 5000, 70_000])
+    n = rng.choice([1, 100, 4096, 5000, 70_000, 1 << 20])
     assert p.read(off, n) == bytes(model[off : off + n])
 
 
