@@ -7,7 +7,7 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ setsid cttyhack sh
 sync
 poweroff -f
 """
-APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut"
+APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut find"
 UNREAD = "opt/unread.bin"  # big, incompressible, never read at boot: lazy reads skip it
 UNREAD_MIB = 24
 
@@ -92,8 +92,11 @@ class Served:
         return hashlib.sha256(self.image.read_bytes()).hexdigest()
 
 
-def make_served(base: Path) -> Served:
+def make_served(base: Path, fill: Callable[[Path], object] | None = None) -> Served:
+    """The tiny root (with more in it from ``fill``), its image, a docroot serving both."""
     tree = tiny_root(base / "tree")
+    if fill is not None:
+        fill(tree)
     docroot = base / "docroot"
     (docroot / "live").mkdir(parents=True)
     image = docroot / "image.squashfs"
@@ -154,7 +157,7 @@ def client(
 
 
 @contextmanager
-def fleet(configs: list[NetnsVmConfig], timeout: float = 3 * BOOT_TIMEOUT) -> Iterator[list[Guest]]:
+def fleet(configs: Sequence[VmConfig], timeout: float = 3 * BOOT_TIMEOUT) -> Iterator[list[Guest]]:
     """Every client started at once, handed over once each root is up; powered off after."""
     with ExitStack() as stack:
         vms = [stack.enter_context(Vm(cfg)) for cfg in configs]
