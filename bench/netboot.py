@@ -1,6 +1,7 @@
 """Network boot figures (issue 13): clients booted at once from one server, per lower.
 
-``python -m bench.netboot [--storm 2,4,8] [--storm-lowers http-lazy,nfs-image] [--reps 1]``
+``python -m bench.netboot [--storm 2,4,8] [--storm-lowers http-lazy,nfs-image] [--reps 1]
+[--lock FILE]``
 (``make bench-net``; root: it makes a network namespace, runs dnsmasq, nginx and
 nfs-ganesha there and boots QEMU clients on taps of it, as tests/qemu/test_netboot.py does;
 nothing leaves the namespace).
@@ -19,6 +20,7 @@ measure the server. Results: a table on stdout, all samples in bench/results/net
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -203,6 +205,17 @@ def plan(
     return singles + storms
 
 
+@contextmanager
+def held(lock: Path | None) -> Iterator[None]:
+    """``lock`` flocked (a machine shared with other QEMU runs), if given."""
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -230,7 +243,10 @@ def save(groups: Sequence[Group], results: Path, seconds: float) -> Path:
 @click.option("--reps", type=int, default=1, show_default=True, help="Single boots per lower.")
 @click.option("--dir", "base", type=click.Path(path_type=Path), default="/var/tmp/ob-netbench")
 @click.option("--results", type=click.Path(path_type=Path), default=HERE / "results")
-def main(lowers: str, storm: str, storm_lowers: str, reps: int, base: Path, results: Path) -> None:
+@click.option("--lock", type=click.Path(path_type=Path), help="flock this file around each group.")
+def main(
+    lowers: str, storm: str, storm_lowers: str, reps: int, base: Path, results: Path, lock: Path
+) -> None:
     """Boot time, bytes sent and server CPU of network boot clients, per lower."""
     if os.geteuid() != 0:
         sys.exit("bench.netboot: must run as root (netns, servers, taps)")
@@ -247,7 +263,8 @@ def main(lowers: str, storm: str, storm_lowers: str, reps: int, base: Path, resu
         the_lab = stack.enter_context(lab(base))
         for lower, n in plan(chosen, sizes, stormers, reps):
             print(f"bench.netboot: {n} x {lower} ...", file=sys.stderr, flush=True)
-            groups.append(group(the_lab, lower, n))
+            with held(lock):
+                groups.append(group(the_lab, lower, n))
             print(table(groups[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     path = save(groups, results, time.monotonic() - start)
     print(table(groups))

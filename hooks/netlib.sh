@@ -124,6 +124,13 @@ nfs_tree() {
     OB_LOWER_READY=1
 }
 
+# args: none; prints the CA certificate for an https lower (overlayboot.lower.ca=, used when
+# the file is there), copied to $OB_NET_DIR where the chrooted lazy reader sees it too
+net_ca() {
+    [ "$OB_NET_SCHEME" = https ] && [ -f "$OB_NET_CA" ] || return 0
+    cp "$OB_NET_CA" "$OB_NET_DIR/ca.pem" && echo "$OB_NET_DIR/ca.pem"
+}
+
 # args: SERVER-ADDRESS; the http(s) image fetched whole into a tmpfs, its sha256 checked
 http_whole() {
     mkdir -p "$OB_RUN/toram"
@@ -132,7 +139,7 @@ http_whole() {
     OB_IMAGE_FILE=$OB_RUN/toram/image.squashfs
     log "fetch: $OB_NET_LOWER into RAM"
     "$OB_RUN/runtime/python" -m overlayboot.net.fetch "$OB_NET_LOWER" "$OB_IMAGE_FILE" \
-        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" \
+        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" --ca "$(net_ca)" \
         > "$OB_RUN/net/fetch.out" 2>&1 ||
         die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/fetch.out" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
     log "fetch: $(cat "$OB_RUN/net/fetch.out")"
@@ -145,8 +152,9 @@ http_whole() {
 http_lazy() {
     daemon_root || die "cannot prepare $OB_RUN for the lazy HTTP reader"
     mkdir -p "$OB_RUN/http"
+    ca=$(net_ca)
     chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-http -m overlayboot.net.httpfs \
-        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" \
+        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" --ca "${ca#"$OB_RUN"}" \
         --patience "$OB_TIMEOUT" --log /httpfs.log --as-root --pid-file "$OB_HTTP_PID" \
         2> "$OB_RUN/net/httpfs.err" ||
         die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/httpfs.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER; log: $OB_RUN/httpfs.log)"

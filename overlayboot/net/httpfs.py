@@ -3,7 +3,10 @@ read with range requests as the kernel asks for its blocks (what live-boot's ``h
 does with httpfs2). Phase fetch loop-mounts the file as the squashfs lower.
 
 ``python -m overlayboot.net.httpfs URL MOUNTPOINT [--address IP] [--cache BYTES]
-[--log FILE] [--patience S] [--pid-file FILE] [--as-root] [--foreground]``
+[--log FILE] [--patience S] [--ca PEM] [--pid-file FILE] [--as-root] [--foreground]``
+
+An https URL needs ``--ca``: the server's certificate is checked against that CA (and the
+URL's host name), as nothing else checks the blocks read lazily.
 
 The mount holds one file, ``image.squashfs``, of the image's size. Reads are served from a
 RAM cache of chunks (``overlayboot.net.chunkcache``); missing chunks are fetched in a worker
@@ -149,9 +152,15 @@ def _logging(log_file: Path | None) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """HEAD the image, mount, detach, serve until unmounted."""
-    client = RangeClient(
-        target_of(args.url, args.address), on_outage=log.warning, patience=args.patience
-    )
+    target = target_of(args.url, args.address, args.ca)
+    if target.scheme == "https" and not target.ca:
+        print(
+            f"ERROR: {args.url}: an https image read lazily needs the CA that signed the "
+            "server's certificate (overlayboot.lower.ca=; nothing else checks what it reads)",
+            file=sys.stderr,
+        )
+        return 1
+    client = RangeClient(target, on_outage=log.warning, patience=args.patience)
     try:
         remote = client.head()
     except HttpError as exc:
@@ -208,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=int, default=64 << 20)
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--patience", type=float, default=30)
+    ap.add_argument("--ca", default="", help="https: the CA the server's certificate must chain to")
     ap.add_argument("--as-root", action="store_true")
     ap.add_argument("--pid-file", type=Path, default=None)
     ap.add_argument("--foreground", action="store_true")

@@ -17,12 +17,32 @@ boot
 """
 
 
-def nginx_conf(root: Path, address: str, port: int, prefix: Path, user: str = "root") -> str:
+@dataclass(frozen=True)
+class Tls:
+    """https beside http: the server's certificate (PEM, the chain) and key, and its port."""
+
+    cert: Path
+    key: Path
+    port: int = 443
+
+
+def nginx_conf(
+    root: Path, address: str, port: int, prefix: Path, user: str = "root", tls: Tls | None = None
+) -> str:
     """nginx in the foreground serving ``root`` (ranges, keep-alive, ETag: its defaults),
-    its pid, logs and temp dirs under ``prefix``; the access log says what each client got."""
+    its pid, logs and temp dirs under ``prefix``; the access log says what each client got.
+    With ``tls`` also over https on its port."""
     temps = "".join(
         f"    {kind}_temp_path {prefix}/{kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    https = (
+        f"""        listen {address}:{tls.port} ssl;
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+"""
+        if tls
+        else ""
     )
     return f"""daemon off;
 user {user};
@@ -38,7 +58,7 @@ http {{
     keepalive_requests 100000;
 {temps}    server {{
         listen {address}:{port};
-        root {root};
+{https}        root {root};
     }}
 }}
 """

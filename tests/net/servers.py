@@ -17,7 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayboot.net.serverconf import DhcpPlan, dnsmasq_options, ganesha_conf, nginx_conf
+from overlayboot.net.serverconf import (
+    DhcpPlan,
+    Tls,
+    dnsmasq_options,
+    ganesha_conf,
+    nginx_conf,
+)
 from tests.waiting import poll_until, wait_exit
 
 NGINX = "/usr/sbin/nginx"
@@ -91,14 +97,20 @@ class Nginx:
 
 @contextmanager
 def nginx(
-    root: Path, address: str, port: int, prefix: Path, netns: str | None = None
+    root: Path,
+    address: str,
+    port: int,
+    prefix: Path,
+    netns: str | None = None,
+    tls: Tls | None = None,
 ) -> Iterator[Nginx]:
-    """nginx serving ``root`` (ranges, keep-alive, ETag: its defaults) until the end."""
+    """nginx serving ``root`` (ranges, keep-alive, ETag: its defaults; https too with
+    ``tls``) until the end."""
     if shutil.which(NGINX) is None:
         raise FileNotFoundError("nginx is not installed (Debian package nginx-light)")
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(root, address, port, prefix))
+    conf.write_text(nginx_conf(root, address, port, prefix, tls=tls))
     argv = in_netns(
         [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], netns
     )

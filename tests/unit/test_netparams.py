@@ -90,7 +90,8 @@ def test_local_forms_stay_local() -> None:
         ("root=nbd:10.0.0.1:2000", "NBD is not supported"),
         ("nfsroot=/srv/tree", "is not SERVER:/path"),
         ("netboot=cifs", "netboot='cifs' is not supported"),
-        ("overlayboot.lower=https://s/x.squashfs overlayboot.lower.lazy", "http:// only"),
+        ("overlayboot.lower=nfs://s/x.squashfs overlayboot.lower.lazy", "https:// only"),
+        ("overlayboot.lower.ca=ca.pem", "is not a path"),
         ("overlayboot.lower=nfs://s/x ip=off", "ip=off"),
         ("overlayboot.lower.sha256=abc", "is not a sha256"),
         ("overlayboot.lower.cache=10", "not a size"),
@@ -115,6 +116,7 @@ def test_shell_export() -> None:
         "OB_NET_PREFIX=24", "OB_NET_GW=10.1.1.1", "OB_NET_DNS=10.1.1.1",
         "OB_NET_LOWER=http://b.test/i.squashfs", "OB_NET_HOST=b.test", "OB_NET_PORT=80",
         "OB_NET_LAZY=1", f"OB_NET_CACHE={16 << 20}", "OB_BREAK='network fetch'",
+        "OB_NET_CA=/etc/overlayboot/ca.pem",
     ):  # fmt: skip
         assert line in text.splitlines(), line
 
