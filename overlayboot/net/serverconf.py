@@ -11,9 +11,8 @@ LOG_FORMAT = "$remote_addr $status $request_method $uri $body_bytes_sent"
 UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")  # Debian package ipxe
 
 IPXE_SCRIPT = """#!ipxe
-kernel {base}/vmlinuz initrd=initrd.img {params}
-initrd {base}/initrd.img
-boot
+kernel {base}/vmlinuz {names} {params}
+{initrds}boot
 """
 
 
@@ -139,6 +138,9 @@ def dnsmasq_options(plan: DhcpPlan, prefix: Path, tftp: Path | None) -> list[str
     return opts
 
 
-def ipxe_script(base: str, params: str) -> str:
-    """The iPXE script: the kernel (with ``params``) and the initramfs from ``base``."""
-    return IPXE_SCRIPT.format(base=base, params=params)
+def ipxe_script(base: str, params: str, initrds: tuple[str, ...] = ("initrd.img",)) -> str:
+    """The iPXE script: the kernel (with ``params``) and the initrds from ``base``, in order
+    (a second one, e.g. ca.cpio, is unpacked over the initramfs)."""
+    names = " ".join(f"initrd={name}" for name in initrds)
+    loads = "".join(f"initrd {base}/{name}\n" for name in initrds)
+    return IPXE_SCRIPT.format(base=base, names=names, initrds=loads, params=params)

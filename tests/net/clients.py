@@ -14,6 +14,7 @@ from pathlib import Path
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serve import ca_initrd
 from overlayboot.net.serverconf import UNDIONLY, ipxe_script
 from tests.net.netns import Netns
 from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
@@ -52,15 +53,25 @@ class NetnsPxeConfig(MediaVmConfig):
 
 
 def pxe_files(
-    docroot: Path, tftp: Path, kernel: Kernel, initramfs: BuiltInitramfs, server: str, params: str
+    docroot: Path,
+    tftp: Path,
+    kernel: Kernel,
+    initramfs: BuiltInitramfs,
+    server: str,
+    params: str,
+    ca: Path | None = None,
 ) -> None:
     """What a PXE client fetches: iPXE's own loader over TFTP (for a NIC ROM that is not
-    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP."""
+    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP (and ``ca`` as a second
+    initrd, ca.cpio, as ``overlayboot serve --ca`` sends it)."""
     tftp.mkdir(parents=True, exist_ok=True)
     shutil.copy(UNDIONLY, tftp / "undionly.kpxe")
     shutil.copy(kernel.image, docroot / "vmlinuz")
     shutil.copy(initramfs.path, docroot / "initrd.img")
-    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}")
+    initrds: tuple[str, ...] = ("initrd.img",)
+    if ca is not None:
+        initrds += (ca_initrd(ca, docroot / "ca.cpio").name,)
+    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}", initrds)
     (docroot / "boot.ipxe").write_text(script)
 
 

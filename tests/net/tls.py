@@ -1,16 +1,12 @@
 """A CA the test makes with openssl, a server certificate it signs (for the names and
-addresses the test serves on), and the CA as a second initrd: a newc cpio holding
-/etc/overlayboot/ca.pem, the default of ``overlayboot.lower.ca=``, which the kernel
-unpacks over the initramfs (QEMU gets the two concatenated; iPXE takes two ``initrd``)."""
+addresses the test serves on). The clients get the CA as overlayboot serve sends it: a
+second initrd, ca.cpio (overlayboot.net.serve.ca_initrd)."""
 
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-from mkimage.cpio import Entry, cpio_bytes
-from overlayboot.net.config import DEFAULT_CA
 
 
 @dataclass(frozen=True)
@@ -39,19 +35,3 @@ def make_pki(base: Path, names: tuple[str, ...], addresses: tuple[str, ...]) -> 
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
              "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(ext))  # fmt: skip
     return Pki(ca, cert, key)
-
-
-def ca_initrd(ca: Path, dest: Path) -> Path:
-    """A second initrd putting ``ca`` at /etc/overlayboot/ca.pem."""
-    parts = DEFAULT_CA.strip("/").split("/")
-    dirs = [Entry.directory("/".join(parts[: i + 1])) for i in range(len(parts) - 1)]
-    dest.write_bytes(cpio_bytes([*dirs, Entry.file(DEFAULT_CA.strip("/"), ca.read_bytes())]))
-    return dest
-
-
-def with_ca(initramfs: Path, ca_cpio: Path, dest: Path) -> Path:
-    """The initramfs and the CA's cpio concatenated: one file for QEMU's -initrd (the kernel
-    finds the second archive's header only at a 4-byte boundary: zeros pad the first)."""
-    first = initramfs.read_bytes()
-    dest.write_bytes(first + b"\0" * (-len(first) % 512) + ca_cpio.read_bytes())
-    return dest

@@ -15,6 +15,7 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serverconf import Tls
 from tests.net.clients import (
     UNREAD,
     UNREAD_MIB,
@@ -29,6 +30,7 @@ from tests.net.clients import (
 )
 from tests.net.netns import SERVER, SUBNET, Netns, netns
 from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
+from tests.net.tls import Pki, make_pki
 from tests.qemu.harness import Vm
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
 
@@ -47,21 +49,23 @@ class Lab:
     http: Nginx
     nfs: Ganesha
     base: Path
+    pki: Pki  # nginx serves https too, its certificate for SERVER_NAME and SERVER
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("netboot")
     served = make_served(base)
+    pki = make_pki(base / "pki", (SERVER_NAME,), (SERVER,))
     with (
         netns() as ns,
         dnsmasq(
             base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}, base / "tftp"
         ) as dhcp,
-        nginx(served.docroot, SERVER, 80, base / "nginx", ns.name) as http,
+        nginx(served.docroot, SERVER, 80, base / "nginx", ns.name, Tls(pki.cert, pki.key)) as http,
         ganesha(base, "/srv", SERVER, base / "ganesha", ns.name) as nfs,
     ):
-        yield Lab(ns, served, dhcp, http, nfs, base)
+        yield Lab(ns, served, dhcp, http, nfs, base, pki)
 
 
 def sent(lab: Lab, uri: str) -> int:
@@ -226,8 +230,9 @@ def test_four_clients_at_once_keep_their_own_changes(
 @pytest.mark.slow
 def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab) -> None:
     """No kernel given to QEMU: its NIC's iPXE ROM gets DHCP from dnsmasq, boot.ipxe, the
-    kernel and the initramfs from nginx; the client (an e1000 NIC) boots the lazy lower."""
-    params = f"overlayboot.lower=http://{SERVER}/image.squashfs overlayboot.lower.lazy"
+    kernel, the initramfs and the CA's initrd from nginx; the client (an e1000 NIC) boots
+    the lazy lower over https by the server's name, its certificate checked by that CA."""
+    params = f"overlayboot.lower=https://{SERVER_NAME}/image.squashfs overlayboot.lower.lazy"
     pxe_files(
         lab.served.docroot,
         lab.base / "tftp",
@@ -235,15 +240,17 @@ def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: L
         initramfs,
         SERVER,
         f"overlayboot.timeout=15 overlayboot.onerror=poweroff {params}",
+        ca=lab.pki.ca,
     )
     cfg = NetnsPxeConfig(memory_mib=512, extra=tuple(lab.ns.nic(20, "e1000")), netns=lab.ns.name)
     with Vm(cfg) as vm:
         guest = Guest(vm, vm.wait_for(ROOT_UP, timeout=BOOT_TIMEOUT))
         check_root(guest)
         assert guest.sh("basename $(readlink /sys/class/net/eth0/device/driver)") == "e1000"
+        assert guest.sh("grep -c 'mounted /http: https://' /run/overlayboot/httpfs.log") == "1"
         power_off(guest)
     uris = {s.uri for s in lab.http.log()}
-    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img"} <= uris
+    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img", "/ca.cpio"} <= uris
 
 
 @pytest.mark.slow
