@@ -14,7 +14,8 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv pyt
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
 	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring qemu-utils \
-	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2 cryptsetup-bin
+	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2 cryptsetup-bin \
+	openssl
 
 .PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench bench-net clean
 

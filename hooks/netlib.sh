@@ -4,6 +4,8 @@
 OB_NET_DIR=$OB_RUN/net
 # the lazy HTTP reader's pid file, inside its chroot ($OB_RUN); shutdown.sh spares it
 OB_HTTP_PID=/run/overlayboot/http.pid
+# the NBD client's (overlayboot.net.nbd), the same way
+OB_NBD_PID=/run/overlayboot/nbd.pid
 
 # args: none; loads the NIC and NFS modules (net-modules.load: absolute paths, in order);
 # one that does not load is not fatal (the hardware may not be there)
@@ -147,7 +149,59 @@ http_whole() {
     state image "$OB_NET_LOWER"
 }
 
-# args: SERVER-ADDRESS; the http image as a file read lazily (overlayboot.net.httpfs),
+# args: none; the first nbd device not in use (size 0), by name (nbd0)
+free_nbd() {
+    for d in /sys/block/nbd*; do
+        [ -e "$d/size" ] && [ "$(cat "$d/size")" = 0 ] || continue
+        echo "${d##*/}"
+        return 0
+    done
+    return 1
+}
+
+# args: NAME; the size of the block device NAME in sectors (0 until an NBD client serves it)
+dev_size() {
+    cat "/sys/block/$1/size" 2> /dev/null || echo 0
+}
+
+# args: SERVER-ADDRESS; an NBD lower: the export on a free nbd device, read by the kernel
+# (overlayboot.net.nbd shakes hands and stays in NBD_DO_IT, chrooted in $OB_RUN as the
+# daemon is); the device is the image, or a filesystem holding it (an ISO: OB_NET_IMAGE,
+# else overlayboot.image)
+nbd_lower() {
+    daemon_root || die "cannot prepare $OB_RUN for the NBD client"
+    nbd=$(free_nbd) || die "no free nbd device: is the nbd module in this initramfs? (overlayboot.lower=$OB_NET_LOWER)"
+    [ -b "$OB_RUN/dev/$nbd" ] || mknod "$OB_RUN/dev/$nbd" b $(tr ':' ' ' < "/sys/block/$nbd/dev") ||
+        die "cannot make $OB_RUN/dev/$nbd"
+    chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-nbd -m overlayboot.net.nbd \
+        "$OB_NET_LOWER" "/dev/$nbd" --address "$1" --patience "$OB_TIMEOUT" --log /nbd.log \
+        --pid-file "$OB_NBD_PID" 2> "$OB_NET_DIR/nbd.err" ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_NET_DIR/nbd.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
+    pid=$(cat "$OB_RUN$OB_NBD_PID" 2>/dev/null)
+    echo -1000 > "/proc/$pid/oom_score_adj" 2>/dev/null ||
+        log "WARNING: the NBD client (pid $pid) is not protected from the OOM killer"
+    # the kernel sizes the device once the client is in NBD_DO_IT
+    net_deadline=$(($(cut -d. -f1 /proc/uptime) + OB_TIMEOUT))
+    while [ "$(dev_size "$nbd")" = 0 ] && before_deadline; do sleep 0.1; done
+    [ "$(dev_size "$nbd")" != 0 ] ||
+        die "the nbd device /dev/$nbd did not come up after $OB_TIMEOUT s (log: $OB_RUN/nbd.log)"
+    state image "$OB_NET_LOWER"
+    if [ "$(head -c 4 "/dev/$nbd")" = hsqs ]; then
+        OB_IMAGE_FILE=/dev/$nbd
+        log "fetch: NBD $OB_NET_LOWER on /dev/$nbd: the image"
+        return 0
+    fi
+    mkdir -p "$OB_RUN/nbd"
+    mount -o ro "/dev/$nbd" "$OB_RUN/nbd" 2> /dev/null ||
+        die "the NBD export $OB_NET_LOWER is neither a squashfs image nor a filesystem this initramfs mounts"
+    image=${OB_NET_IMAGE:-$OB_IMAGE}
+    OB_IMAGE_FILE=$OB_RUN/nbd$image
+    [ -f "$OB_IMAGE_FILE" ] ||
+        die "the NBD export $OB_NET_LOWER holds no $image; it holds: $(ls "$OB_RUN/nbd" | tr '\n' ' ')"
+    log "fetch: NBD $OB_NET_LOWER on /dev/$nbd, the image $image in it"
+}
+
+# args: SERVER-ADDRESS; the http(s) image as a file read lazily (overlayboot.net.httpfs),
 # chrooted in $OB_RUN as the overlay daemon is (so it survives switch_root)
 http_lazy() {
     daemon_root || die "cannot prepare $OB_RUN for the lazy HTTP reader"

@@ -23,6 +23,7 @@ class NetConfig:
     ip: IpConfig | None = None  # None: DHCP if a network lower needs the network
     archiso_srv: str = ""  # archiso_http_srv= / archiso_nfs_srv=, resolved by params.check
     archiso_base: str = "arch"  # archisobasedir=
+    image: str = ""  # the image's path in an NBD export's filesystem (archiso's), if set
 
     @property
     def wants_network(self) -> bool:

@@ -87,10 +87,11 @@ def apply_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None
 def check(net: NetConfig) -> NetConfig:
     """The whole network configuration is usable (after every parameter is read)."""
     net = resolve_archiso(net)
-    if net.lazy and net.lower is not None and net.lower.scheme == "nfs":
+    if net.lazy and net.lower is not None and net.lower.scheme not in ("http", "https"):
         raise NetParamError(
-            "overlayboot.lower.lazy works with http:// and https:// only, not nfs://",
-            "drop overlayboot.lower.lazy (NFS reads only what is read anyway)",
+            f"overlayboot.lower.lazy works with http:// and https:// only, not "
+            f"{net.lower.scheme}://",
+            "drop overlayboot.lower.lazy (NFS and NBD read only what is read anyway)",
         )
     if net.lower is not None and net.ip is not None and net.ip.mode == "off":
         raise NetParamError(
@@ -122,4 +123,5 @@ def shell_values(net: NetConfig) -> dict[str, str]:
         "OB_NET_SHA256": net.sha256,
         "OB_NET_CACHE": str(net.cache_bytes),
         "OB_NET_CA": net.ca,
+        "OB_NET_IMAGE": net.image,
     }

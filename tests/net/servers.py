@@ -239,3 +239,35 @@ def ganesha(export: Path, pseudo: str, address: str, prefix: Path, netns: str) -
         yield server
     finally:
         server.stop()
+
+
+QEMU_NBD = "/usr/bin/qemu-nbd"
+
+
+@contextmanager
+def qemu_nbd(
+    image: Path, export: str, address: str, port: int, netns: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """qemu-nbd serving ``image`` read-only as ``export`` on ``address:port`` to any number
+    of clients, one after another too (--persistent), stopped at the end."""
+    if shutil.which(QEMU_NBD) is None:
+        raise FileNotFoundError("qemu-nbd is not installed (Debian package qemu-utils)")
+    argv = [QEMU_NBD, "--read-only", "--persistent", "--shared=0", "--format=raw",
+            f"--export-name={export}", f"--bind={address}", f"--port={port}",
+            str(image)]  # fmt: skip
+    proc = subprocess.Popen(
+        in_netns(argv, netns), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        poll_until(
+            lambda: proc.poll() is not None or port_open(address, port, netns),
+            10,
+            "qemu-nbd listening",
+        )
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"qemu-nbd did not start: {err.strip()}")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

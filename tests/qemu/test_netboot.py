@@ -29,14 +29,23 @@ from tests.net.clients import (
     pxe_files,
 )
 from tests.net.netns import SERVER, SUBNET, Netns, netns
-from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
+from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx, qemu_nbd
 from tests.net.tls import Pki, make_pki
 from tests.qemu.harness import Vm
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
+from tests.qemu.media import plain_iso
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
 SERVER_NAME = "bootserver.test"
+NBD_PORT = 10810  # the image itself; 10809 (NBD's own port) serves an archiso-like ISO
+
+
+def archiso_cd(image: Path, base: Path) -> Path:
+    """An ISO holding the image where archiso's is (what archiso_nbd_srv= exports)."""
+    (base / "tree/arch/x86_64").mkdir(parents=True)
+    os.link(image, base / "tree/arch/x86_64/airootfs.sfs")
+    return plain_iso(base / "tree", base / "archiso.iso", label="ARCH_TEST")
 
 
 @dataclass
@@ -57,6 +66,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("netboot")
     served = make_served(base)
     pki = make_pki(base / "pki", (SERVER_NAME,), (SERVER,))
+    archiso = archiso_cd(served.image, base / "archiso")
     with (
         netns() as ns,
         dnsmasq(
@@ -64,6 +74,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ) as dhcp,
         nginx(served.docroot, SERVER, 80, base / "nginx", ns.name, Tls(pki.cert, pki.key)) as http,
         ganesha(base, "/srv", SERVER, base / "ganesha", ns.name) as nfs,
+        qemu_nbd(served.image, "image", SERVER, NBD_PORT, ns.name),
+        qemu_nbd(archiso, "archiso", SERVER, 10809, ns.name),
     ):
         yield Lab(ns, served, dhcp, http, nfs, base, pki)
 
@@ -151,8 +163,10 @@ def test_nfs_tree_boot_with_a_static_address(
         ("root=live:http://{server}/image.squashfs",),  # dracut: whole, .sha256 beside it
         ("netboot=nfs", "nfsroot={server}:/srv/docroot"),  # live-boot: a dir with live/
         ("overlayboot.lower=nfs://{name}/srv/docroot/image.squashfs",),  # LTSP's way
+        (f"overlayboot.lower=nbd://{{name}}:{NBD_PORT}/image",),  # the image on /dev/nbd0
+        ("archiso_nbd_srv={server}",),  # an ISO on /dev/nbd0, the image in it
     ],
-    ids=["http-whole", "nfs-image-dir", "nfs-image-file"],
+    ids=["http-whole", "nfs-image-dir", "nfs-image-file", "nbd-image", "nbd-archiso"],
 )
 def test_other_lowers(
     kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...]
@@ -163,6 +177,10 @@ def test_other_lowers(
         check_root(guest)
         if "whole" in str(params):
             assert guest.sh("grep -c '^toram=yes' /run/overlayboot/state") == "1"
+        if "nbd" in str(params):  # read-only, served by the client spared at switch_root
+            assert guest.sh("cat /sys/block/nbd0/ro") == "1"
+            assert guest.sh("cat /sys/block/nbd0/size") != "0"
+            assert guest.sh("grep -l '^@overlayboot-nbd' /proc/[0-9]*/cmdline | wc -l") == "1"
 
 
 @pytest.mark.slow

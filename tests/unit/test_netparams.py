@@ -68,12 +68,21 @@ def test_bad_ip(bad: str) -> None:
         ("httpfs=http://s/live/filesystem.squashfs", "http://s/live/filesystem.squashfs", True),
         ("archisobasedir=f archiso_http_srv=http://s/", "http://s/f/x86_64/airootfs.sfs", False),
         ("archiso_nfs_srv=10.0.0.1:/a", "nfs://10.0.0.1/a/arch/x86_64/airootfs.sfs", False),
+        ("root=nbd:10.0.0.1:10809/live:squashfs:ro", "nbd://10.0.0.1/live", False),
+        ("netroot=nbd:srv:2000", "nbd://srv:2000/", False),
+        ("overlayboot.lower=nbd://srv/", "nbd://srv/", False),
     ],
 )  # fmt: skip
 def test_other_tools_forms(cmdline: str, url: str, lazy: bool) -> None:
     cfg = parse_cmdline(cmdline)
     assert cfg.net.lower is not None and cfg.net.lower.url == url
     assert cfg.net.lazy == lazy and cfg.net.wants_network
+
+
+def test_archiso_nbd_is_an_iso_holding_the_image() -> None:
+    cfg = parse_cmdline("archiso_nbd_srv=10.0.0.1 archisobasedir=x")
+    assert cfg.net.lower is not None and cfg.net.lower.url == "nbd://10.0.0.1/archiso"
+    assert "OB_NET_IMAGE=/x/x86_64/airootfs.sfs" in to_shell(cfg).splitlines()
 
 
 def test_local_forms_stay_local() -> None:
@@ -86,8 +95,8 @@ def test_local_forms_stay_local() -> None:
 @pytest.mark.parametrize(
     ("cmdline", "words"),
     [
-        ("archiso_nbd_srv=10.0.0.1", "NBD is not supported"),
-        ("root=nbd:10.0.0.1:2000", "NBD is not supported"),
+        ("root=nbd:10.0.0.1", "is not nbd:SERVER:PORT"),
+        ("overlayboot.lower=nbd://s/x overlayboot.lower.lazy", "not nbd://"),
         ("nfsroot=/srv/tree", "is not SERVER:/path"),
         ("netboot=cifs", "netboot='cifs' is not supported"),
         ("overlayboot.lower=nfs://s/x.squashfs overlayboot.lower.lazy", "https:// only"),
