@@ -4,8 +4,6 @@
 OB_NET_DIR=$OB_RUN/net
 # the lazy HTTP reader's pid file, inside its chroot ($OB_RUN); shutdown.sh spares it
 OB_HTTP_PID=/run/overlayboot/http.pid
-# the NBD client's (overlayboot.net.nbd), the same way
-OB_NBD_PID=/run/overlayboot/nbd.pid
 
 # args: none; loads the NIC and NFS modules (net-modules.load: absolute paths, in order);
 # one that does not load is not fatal (the hardware may not be there)
@@ -164,27 +162,36 @@ dev_size() {
     cat "/sys/block/$1/size" 2> /dev/null || echo 0
 }
 
-# args: SERVER-ADDRESS; an NBD lower: the export on a free nbd device, read by the kernel
-# (overlayboot.net.nbd shakes hands and stays in NBD_DO_IT, chrooted in $OB_RUN as the
-# daemon is); the device is the image, or a filesystem holding it (an ISO: OB_NET_IMAGE,
-# else overlayboot.image)
-nbd_lower() {
+# args: URL ADDRESS NAME; attaches the NBD export URL (at ADDRESS, or URL's server by name
+# if empty) to a free nbd device, read-only or not as the server says: overlayboot.net.nbd
+# shakes hands and stays in NBD_DO_IT, chrooted in $OB_RUN as the daemon is, with its pid
+# in $OB_RUN/run/overlayboot/NAME.pid (shutdown.sh spares it), log in $OB_RUN/NAME.log.
+# Sets NBD_DEV (nbd0); dies with the client's error line.
+nbd_attach() {
     daemon_root || die "cannot prepare $OB_RUN for the NBD client"
-    nbd=$(free_nbd) || die "no free nbd device: is the nbd module in this initramfs? (overlayboot.lower=$OB_NET_LOWER)"
-    [ -b "$OB_RUN/dev/$nbd" ] || mknod "$OB_RUN/dev/$nbd" b $(tr ':' ' ' < "/sys/block/$nbd/dev") ||
-        die "cannot make $OB_RUN/dev/$nbd"
-    chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-nbd -m overlayboot.net.nbd \
-        "$OB_NET_LOWER" "/dev/$nbd" --address "$1" --patience "$OB_TIMEOUT" --log /nbd.log \
-        --pid-file "$OB_NBD_PID" 2> "$OB_NET_DIR/nbd.err" ||
-        die "$(sed -n 's/^ERROR: //p' "$OB_NET_DIR/nbd.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
-    pid=$(cat "$OB_RUN$OB_NBD_PID" 2>/dev/null)
+    NBD_DEV=$(free_nbd) || die "no free nbd device: is the nbd module in this initramfs? ($1)"
+    [ -b "$OB_RUN/dev/$NBD_DEV" ] ||
+        mknod "$OB_RUN/dev/$NBD_DEV" b $(tr ':' ' ' < "/sys/block/$NBD_DEV/dev") ||
+        die "cannot make $OB_RUN/dev/$NBD_DEV"
+    chroot "$OB_RUN" /runtime/python --argv0 "@overlayboot-$3" -m overlayboot.net.nbd \
+        "$1" "/dev/$NBD_DEV" --address "$2" --patience "$OB_TIMEOUT" --log "/$3.log" \
+        --pid-file "/run/overlayboot/$3.pid" 2> "$OB_NET_DIR/$3.err" ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_NET_DIR/$3.err" | head -n 1) ($1)"
+    pid=$(cat "$OB_RUN/run/overlayboot/$3.pid" 2>/dev/null)
     echo -1000 > "/proc/$pid/oom_score_adj" 2>/dev/null ||
         log "WARNING: the NBD client (pid $pid) is not protected from the OOM killer"
     # the kernel sizes the device once the client is in NBD_DO_IT
     net_deadline=$(($(cut -d. -f1 /proc/uptime) + OB_TIMEOUT))
-    while [ "$(dev_size "$nbd")" = 0 ] && before_deadline; do sleep 0.1; done
-    [ "$(dev_size "$nbd")" != 0 ] ||
-        die "the nbd device /dev/$nbd did not come up after $OB_TIMEOUT s (log: $OB_RUN/nbd.log)"
+    while [ "$(dev_size "$NBD_DEV")" = 0 ] && before_deadline; do sleep 0.1; done
+    [ "$(dev_size "$NBD_DEV")" != 0 ] ||
+        die "the nbd device /dev/$NBD_DEV did not come up after $OB_TIMEOUT s (log: $OB_RUN/$3.log)"
+}
+
+# args: SERVER-ADDRESS; an NBD lower: the export on an nbd device is the image, or a
+# filesystem holding it (an ISO: OB_NET_IMAGE, else overlayboot.image)
+nbd_lower() {
+    nbd_attach "$OB_NET_LOWER" "$1" nbd
+    nbd=$NBD_DEV
     state image "$OB_NET_LOWER"
     if [ "$(head -c 4 "/dev/$nbd")" = hsqs ]; then
         OB_IMAGE_FILE=/dev/$nbd
@@ -199,6 +206,21 @@ nbd_lower() {
     [ -f "$OB_IMAGE_FILE" ] ||
         die "the NBD export $OB_NET_LOWER holds no $image; it holds: $(ls "$OB_RUN/nbd" | tr '\n' ' ')"
     log "fetch: NBD $OB_NET_LOWER on /dev/$nbd, the image $image in it"
+}
+
+# args: none; the persistence on the server (overlayboot.upper=nbd://..., {mac}: this
+# interface's MAC as 52-54-00-12-34-56) attached read-write; phases persistence and upper
+# then take the device as overlayboot.upper=/dev/nbdN (an ext4 partition, checked first)
+nbd_upper() {
+    mac=$(tr ':' '-' < "/sys/class/net/$OB_NET_IF/address")
+    url=$(echo "$OB_NET_UPPER" | sed "s/{mac}/$mac/g")
+    nbd_attach "$url" "" nbd-upper
+    [ "$(cat "/sys/block/$NBD_DEV/ro")" = 0 ] ||
+        die "the server exports $url read-only: it cannot keep changes (overlayboot.upper=)"
+    OB_UPPER_KIND=path
+    OB_UPPER=/dev/$NBD_DEV
+    state upper_url "$url"
+    log "fetch: the persistence $url on /dev/$NBD_DEV"
 }
 
 # args: SERVER-ADDRESS; the http(s) image as a file read lazily (overlayboot.net.httpfs),

@@ -24,7 +24,10 @@ class NetConfig:
     archiso_srv: str = ""  # archiso_http_srv= / archiso_nfs_srv=, resolved by params.check
     archiso_base: str = "arch"  # archisobasedir=
     image: str = ""  # the image's path in an NBD export's filesystem (archiso's), if set
+    upper: str = ""  # overlayboot.upper=nbd://...: the persistence on the server ({mac} in it)
 
     @property
     def wants_network(self) -> bool:
-        return self.lower is not None or (self.ip is not None and self.ip.mode != "off")
+        if self.lower is not None or self.upper:
+            return True
+        return self.ip is not None and self.ip.mode != "off"

@@ -1,5 +1,6 @@
-"""The NBD lower: an export of an NBD server (nbd-server, qemu-nbd, nbdkit) attached to the
-kernel's nbd device, read-only; phase fetch mounts the device as the image.
+"""An export of an NBD server (nbd-server, qemu-nbd, nbdkit) on the kernel's nbd device: the
+NBD lower (read-only; phase fetch mounts the device as the image), or a persistence on the
+server (``overlayboot.upper=nbd://``: read-write, the server says which).
 
 ``python -m overlayboot.net.nbd URL DEVICE [--address IP] [--patience S] [--log FILE]
 [--pid-file FILE] [--foreground]``
@@ -156,7 +157,13 @@ def serve(args: argparse.Namespace) -> int:
     try:
         sock = connect(args.address or low.host, low.port, args.patience)
         sock.settimeout(TIMEOUT)
-        export = handshake(sock, name)
+        try:
+            export = handshake(sock, name)
+        except TimeoutError:
+            raise NbdError(
+                f"the NBD server {low.host} does not answer the handshake for {TIMEOUT:.0f} s",
+                "is the export in use by another client? (one client per export)",
+            ) from None
         sock.settimeout(None)
         dev = os.open(args.device, os.O_RDWR)
     except NbdError as exc:

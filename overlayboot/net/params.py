@@ -7,7 +7,8 @@
 RAM cache, default 64M), ``overlayboot.lower.ca=PATH`` (https: the CA certificate, in the
 initramfs, that the server's certificate must chain to; default /etc/overlayboot/ca.pem,
 used when it is there, e.g. from a second initrd), and the kernel's ``ip=``. The other
-tools' forms are mapped in :mod:`overlayboot.net.compat`.
+tools' forms are mapped in :mod:`overlayboot.net.compat`. ``overlayboot.upper=nbd://...``
+(a persistence on the server, :func:`parse_upper`) is read by overlayboot.cmdline.
 """
 
 from __future__ import annotations
@@ -76,6 +77,21 @@ def _own_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None:
     return None
 
 
+MAC = "{mac}"  # in overlayboot.upper=nbd://...: the boot interface's MAC, as 52-54-00-12-34-56
+
+
+def parse_upper(value: str) -> str:
+    """``overlayboot.upper=nbd://SERVER[:PORT]/EXPORT`` (``{mac}`` anywhere in EXPORT): the
+    persistence partition is that export of the server, attached read-write."""
+    low = parse_lower(value.replace(MAC, "52-54-00-12-34-56"))
+    if low.scheme != "nbd" or low.path == "/":
+        raise NetParamError(
+            f"overlayboot.upper={value!r}: a persistence on the server is an NBD export",
+            "overlayboot.upper=nbd://SERVER/EXPORT, e.g. nbd://10.0.0.1/upper-{mac}",
+        )
+    return value
+
+
 def apply_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None:
     """``net`` with one command-line parameter applied; None if it is not a network one."""
     own = _own_param(net, key, value)
@@ -124,4 +140,5 @@ def shell_values(net: NetConfig) -> dict[str, str]:
         "OB_NET_CACHE": str(net.cache_bytes),
         "OB_NET_CA": net.ca,
         "OB_NET_IMAGE": net.image,
+        "OB_NET_UPPER": net.upper,
     }

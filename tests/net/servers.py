@@ -246,13 +246,20 @@ QEMU_NBD = "/usr/bin/qemu-nbd"
 
 @contextmanager
 def qemu_nbd(
-    image: Path, export: str, address: str, port: int, netns: str | None = None
+    image: Path,
+    export: str,
+    address: str,
+    port: int,
+    netns: str | None = None,
+    writable: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """qemu-nbd serving ``image`` read-only as ``export`` on ``address:port`` to any number
-    of clients, one after another too (--persistent), stopped at the end."""
+    """qemu-nbd serving ``image`` (read-only unless ``writable``) as ``export`` on
+    ``address:port`` to any number of clients, one after another too (--persistent),
+    stopped at the end."""
     if shutil.which(QEMU_NBD) is None:
         raise FileNotFoundError("qemu-nbd is not installed (Debian package qemu-utils)")
-    argv = [QEMU_NBD, "--read-only", "--persistent", "--shared=0", "--format=raw",
+    mode = [] if writable else ["--read-only"]
+    argv = [QEMU_NBD, *mode, "--persistent", "--shared=0", "--format=raw",
             f"--export-name={export}", f"--bind={address}", f"--port={port}",
             str(image)]  # fmt: skip
     proc = subprocess.Popen(

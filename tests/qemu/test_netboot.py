@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +35,13 @@ from tests.net.tls import Pki, make_pki
 from tests.qemu.harness import Vm
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
 from tests.qemu.media import plain_iso
+from tests.qemu.test_shutdown import debugfs, upper_of
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
 SERVER_NAME = "bootserver.test"
 NBD_PORT = 10810  # the image itself; 10809 (NBD's own port) serves an archiso-like ISO
+UPPER_PORT = 10811  # a client's persistence (test_persistence_on_the_server_per_mac)
 
 
 def archiso_cd(image: Path, base: Path) -> Path:
@@ -292,3 +295,40 @@ def test_nfs_server_restart_while_a_client_runs(
         assert got == want
         assert guest.sh("cat /etc/before-restart") == "kept"
         assert guest.sh("ls / | wc -l") != "0"
+
+
+def mmp_ext4(path: Path) -> Path:
+    """An empty persistence partition image with ext4's multiple-mount protection (checked
+    every second): a second machine mounting it while one has it mounted is refused."""
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "overlayboot-rw", "-O", "mmp",
+         "-E", "mmp_update_interval=1", str(path), "64M"],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.slow
+def test_persistence_on_the_server_per_mac(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, tmp_path: Path
+) -> None:
+    """overlayboot.upper=nbd://SERVER/upper-{mac}: a diskless client keeps its changes in
+    an ext4 image of its own on the server (qemu-nbd, read-write), chosen by its MAC: written
+    in one boot, there in the next; another machine given the same export while it runs is
+    refused (ext4 MMP); the server's file holds the change."""
+    mac = "52-54-00-21-30-1e"  # client 30's (tests/net/netns.py)
+    img = mmp_ext4(tmp_path / f"upper-{mac}.img")
+    lower = f"overlayboot.lower=nfs://{SERVER}/srv/docroot/image.squashfs"
+    upper = f"nbd://{SERVER}:{UPPER_PORT}/upper-"
+    with qemu_nbd(img, f"upper-{mac}", SERVER, UPPER_PORT, lab.ns.name, writable=True):
+        with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
+            state = g.sh("cat /run/overlayboot/state | tr '\\n' ' '")
+            assert "persistent=yes" in state and f"upper_url={upper}{mac}" in state, state
+            g.sh("echo kept > /etc/kept; sync")
+        with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
+            assert g.sh("cat /etc/kept") == "kept"
+            twin = (lower, f"overlayboot.upper={upper}{mac}")  # machine 31, the same export
+            with client(kernel, initramfs, lab.ns, 31, *twin, until=BOOT_ERROR) as other:
+                assert "in use by another machine" in other.first.text, other.first.text
+            assert g.sh("cat /etc/kept") == "kept"
+    assert debugfs(img, f"cat {upper_of(img)}/etc/kept") == b"kept\n"

@@ -174,3 +174,13 @@ def test_chunk_cache_evicts_least_recent() -> None:
         cache.put_run(n, b"x")
     assert cache.slice(0, 1) is None and cache.slice(cache.capacity + 4, 1) == b"x"
     assert cache.cached_bytes == cache.capacity
+
+
+def test_persistence_on_the_server_is_an_nbd_export() -> None:
+    cfg = parse_cmdline("overlayboot.upper=nbd://10.0.0.1/upper-{mac}")
+    lines = to_shell(cfg).splitlines()
+    assert "OB_UPPER_KIND=nbd" in lines and "OB_NET=1" in lines
+    assert "OB_NET_UPPER='nbd://10.0.0.1/upper-{mac}'" in lines
+    with pytest.raises(UsageError) as exc:
+        parse_cmdline("overlayboot.upper=nbd://10.0.0.1/")
+    assert "a persistence on the server is an NBD export" in exc.value.line()
