@@ -138,7 +138,9 @@ def connect(address: str, port: int, patience: float) -> socket.socket:
 
 def attach(dev: int, sock: socket.socket, export: Export) -> None:
     """The device's size, flags and socket (``NBD_DO_IT`` comes after, in the child)."""
-    block = 4096 if export.size % 4096 == 0 else 512
+    # 512: what every filesystem's own block size is a multiple of (e2fsck reads ext4's MMP
+    # block with O_DIRECT in the filesystem's block size, 1 KiB on a small one)
+    block = 512
     try:
         fcntl.ioctl(dev, CLEAR_SOCK)
         fcntl.ioctl(dev, SET_BLKSIZE, block)
@@ -183,6 +185,7 @@ def serve(args: argparse.Namespace) -> int:
     log.info("%s: %s, %d bytes, flags 0x%x", args.device, args.url, export.size, export.flags)
     if args.pid_file is not None:
         with contextlib.suppress(OSError):
+            args.pid_file.parent.mkdir(parents=True, exist_ok=True)
             args.pid_file.write_text(f"{os.getpid()}\n")
     ready(wfd)
     return do_it(dev, args.device)

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 SERVER_NAME = "bootserver.test"
 NBD_PORT = 10810  # the image itself; 10809 (NBD's own port) serves an archiso-like ISO
 UPPER_PORT = 10811  # a client's persistence (test_persistence_on_the_server_per_mac)
+NBD_PIDS = "/run/overlayboot/run/overlayboot"  # the NBD clients' pid files (their chroot's)
 
 
 def archiso_cd(image: Path, base: Path) -> Path:
@@ -184,6 +185,7 @@ def test_other_lowers(
             assert guest.sh("cat /sys/block/nbd0/ro") == "1"
             assert guest.sh("cat /sys/block/nbd0/size") != "0"
             assert guest.sh("grep -l '^@overlayboot-nbd' /proc/[0-9]*/cmdline | wc -l") == "1"
+            assert guest.sh(f"cat /proc/$(cat {NBD_PIDS}/nbd.pid)/oom_score_adj") == "-1000"
 
 
 @pytest.mark.slow
@@ -324,6 +326,7 @@ def test_persistence_on_the_server_per_mac(
         with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
             state = g.sh("cat /run/overlayboot/state | tr '\\n' ' '")
             assert "persistent=yes" in state and f"upper_url={upper}{mac}" in state, state
+            assert g.sh(f"cat /proc/$(cat {NBD_PIDS}/nbd-upper.pid)/oom_score_adj") == "-1000"
             g.sh("echo kept > /etc/kept; sync")
         with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
             assert g.sh("cat /etc/kept") == "kept"
