@@ -41,11 +41,13 @@ from mkimage.kernel import Kernel, fetch_kernel
 from tests.net.clients import Served, client_config, fleet, make_served
 from tests.net.netns import SERVER, SUBNET, Netns, netns
 from tests.net.servers import Ganesha, Nginx, dnsmasq, ganesha, nginx
-from tests.qemu.harness import VmConfig
+from tests.qemu.harness import BootTimeout, VmConfig
 from tests.qemu.media import plain_iso
 
 HERE = Path(__file__).resolve().parent
 MEMORY_MIB = 384
+# every wait of the boot (DHCP above all): N emulated CPUs on 2 host cores are slow
+PATIENCE = ("overlayboot.timeout=120", "overlayboot.onerror=poweroff")
 LOWERS: dict[str, tuple[str, ...]] = {
     "cd": (),
     "nfs-tree": (f"overlayboot.lower=nfs://{SERVER}/srv/tree",),
@@ -137,12 +139,18 @@ def config(lab: Lab, lower: str) -> VmConfig:
         return VmConfig(
             kernel=lab.kernel.image,
             initrd=lab.initramfs.path,
-            append=("overlayboot.timeout=15", "overlayboot.onerror=poweroff"),
+            append=PATIENCE,
             memory_mib=MEMORY_MIB,
             extra=drive,
         )
     return client_config(
-        lab.kernel, lab.initramfs, lab.ns, lab.index, *LOWERS[lower], memory_mib=MEMORY_MIB
+        lab.kernel,
+        lab.initramfs,
+        lab.ns,
+        lab.index,
+        *PATIENCE,
+        *LOWERS[lower],
+        memory_mib=MEMORY_MIB,
     )
 
 
@@ -220,20 +228,19 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def save(groups: Sequence[Group], results: Path, seconds: float) -> Path:
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = results / f"net-{stamp}.json"
+def save(groups: Sequence[Group], failed: Sequence[str], path: Path, seconds: float) -> None:
+    """Every sample so far (rewritten after each group: an interrupted run keeps them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = {
-        "when": stamp,
+        "when": path.stem.removeprefix("net-"),
         "seconds": round(seconds),
         "memory_mib": MEMORY_MIB,
         "nproc": os.cpu_count(),
         "loadavg": os.getloadavg(),
         "groups": [asdict(g) for g in groups],
+        "failed": list(failed),
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,18 +263,28 @@ def main(
         raise click.BadParameter(f"unknown {unknown}; choose from {list(LOWERS)}")
     sizes = [int(n) for n in _csv(storm)]
     start = time.monotonic()
+    path = results / f"net-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     groups: list[Group] = []
+    failed: list[str] = []
     with ExitStack() as stack:
         if base.exists():
             shutil.rmtree(base)
         the_lab = stack.enter_context(lab(base))
         for lower, n in plan(chosen, sizes, stormers, reps):
             print(f"bench.netboot: {n} x {lower} ...", file=sys.stderr, flush=True)
-            with held(lock):
-                groups.append(group(the_lab, lower, n))
-            print(table(groups[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    path = save(groups, results, time.monotonic() - start)
+            try:
+                with held(lock):
+                    groups.append(group(the_lab, lower, n))
+            except BootTimeout as exc:  # one client did not come up: said, and the run goes on
+                lines = str(exc).splitlines()
+                why = next((x for x in lines if "ERROR:" in x), lines[-1]).strip()
+                failed.append(f"{n} x {lower}: {why}")
+                print(f"bench.netboot: FAILED {failed[-1]}", file=sys.stderr, flush=True)
+            else:
+                print(table(groups[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            save(groups, failed, path, time.monotonic() - start)
     print(table(groups))
+    print("".join(f"\nfailed: {f}" for f in failed))
     print(f"\nall samples: {path}")
 
 
