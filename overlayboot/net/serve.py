@@ -6,14 +6,15 @@ It lays out DIR (default ``IMAGE/serve``)::
     DIR/tftp/     undionly.kpxe (iPXE for NIC ROMs that are not iPXE)          (dnsmasq)
     DIR/nginx.conf  DIR/ganesha.conf  DIR/dnsmasq.conf                         (the servers)
 
-and, with ``--run``, runs nginx, nfs-ganesha and dnsmasq in the foreground on ADDRESS until
-interrupted. The clients PXE-boot (their iPXE ROM, or undionly.kpxe chainloaded) into
-boot.ipxe, which boots the kernel with ``overlayboot.lower=`` for ``--lower`` (lazy: http
-with range requests; http: fetched whole, its sha256 on the command line; nfs: the image on
-the NFS export). With ``--proxy-dhcp`` dnsmasq leaves the addresses to the existing DHCP
-server and only answers PXE. With ``--tls-cert``, ``--tls-key`` and ``--ca`` nginx serves
-https too, the image's URL is https, and boot.ipxe loads DIR/www/ca.cpio (the CA at
-/etc/overlayboot/ca.pem, ``overlayboot.lower.ca``'s default) after the initramfs.
+and, with ``--run``, runs nginx, nfs-ganesha and dnsmasq (and qemu-nbd) in the foreground on
+ADDRESS until interrupted. The clients PXE-boot (their iPXE ROM, or undionly.kpxe
+chainloaded) into boot.ipxe, which boots the kernel with ``overlayboot.lower=`` for
+``--lower`` (lazy: http with range requests; http: fetched whole, its sha256 on the command
+line; nfs: the image on the NFS export; nbd: the image exported by qemu-nbd). With
+``--proxy-dhcp`` dnsmasq leaves the addresses to the existing DHCP server and only answers
+PXE. With ``--tls-cert``, ``--tls-key`` and ``--ca`` nginx serves https too, the image's URL
+is https, and boot.ipxe loads DIR/www/ca.cpio (the CA at /etc/overlayboot/ca.pem,
+``overlayboot.lower.ca``'s default) after the initramfs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from overlayboot.net.serverconf import (
 )
 from overlayboot.run import spawn
 
-LOWERS = ("lazy", "http", "nfs")
+LOWERS = ("lazy", "http", "nfs", "nbd")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ def lower_param(plan: ServePlan, sha256: str) -> str:
         return f"overlayboot.lower={base}/image.squashfs overlayboot.lower.lazy"
     if plan.lower == "http":
         return f"overlayboot.lower={base}/image.squashfs overlayboot.lower.sha256={sha256}"
+    if plan.lower == "nbd":
+        return f"overlayboot.lower=nbd://{plan.address}/image"
     return f"overlayboot.lower=nfs://{plan.address}/srv/image.squashfs"
 
 
@@ -128,9 +131,13 @@ def lay_out(plan: ServePlan) -> None:
 
 
 def commands(plan: ServePlan) -> list[list[str]]:
-    """The three servers' command lines, each in the foreground."""
+    """The servers' command lines, each in the foreground (and qemu-nbd for ``--lower nbd``:
+    the image read-only to any number of clients, as export ``image`` on port 10809)."""
     o = plan.out
-    return [
+    nbd = [["qemu-nbd", "--read-only", "--persistent", "--shared=0", "--format=raw",
+            "--export-name=image", f"--bind={plan.address}",
+            str(o / "www/image.squashfs")]]  # fmt: skip
+    return [*(nbd if plan.lower == "nbd" else []),
         ["nginx", "-p", str(o / "nginx"), "-c", str(o / "nginx.conf"),
          "-e", str(o / "nginx/error.log")],
         ["ganesha.nfsd", "-F", "-f", str(o / "ganesha.conf"), "-L", str(o / "ganesha/ganesha.log"),
@@ -190,7 +197,7 @@ def _tls(cert: Path | None, key: Path | None, ca: Path | None, lower: str) -> Tl
     type=click.Choice(LOWERS),
     default="lazy",
     show_default=True,
-    help="How clients read the image: lazy HTTP, whole HTTP, or NFS.",
+    help="How clients read the image: lazy HTTP, whole HTTP, NFS, or NBD (qemu-nbd).",
 )
 @click.option("--proxy-dhcp", is_flag=True, help="Leave addresses to an existing DHCP server.")
 @click.option(

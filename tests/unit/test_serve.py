@@ -91,3 +91,14 @@ def test_serve_over_https_sends_the_ca_as_a_second_initrd(tmp_path: Path) -> Non
     # all three or none
     res = CliRunner().invoke(cli, args[:-2])
     assert res.exit_code == 2 and "needs all three" in res.output
+
+
+def test_serve_nbd_runs_qemu_nbd_too(tmp_path: Path) -> None:
+    image, kernel = built(tmp_path)
+    args = ["serve", str(image), "--kernel", str(kernel), "--address", "10.9.0.1",
+            "--interface", "br9", "--lower", "nbd"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "overlayboot.lower=nbd://10.9.0.1/image" in (image / "serve/www/boot.ipxe").read_text()
+    assert "qemu-nbd --read-only --persistent --shared=0" in res.output
+    assert f"{image}/serve/www/image.squashfs" in res.output
