@@ -214,7 +214,10 @@ nbd_lower() {
 nbd_upper() {
     mac=$(tr ':' '-' < "/sys/class/net/$OB_NET_IF/address")
     url=$(echo "$OB_NET_UPPER" | sed "s/{mac}/$mac/g")
-    nbd_attach "$url" "" nbd-upper
+    # resolved here: the chrooted client has no resolv.conf
+    server=$("$OB_RUN/runtime/python" -m overlayboot.net.reach "$OB_NET_UPPER_HOST" "$OB_NET_UPPER_PORT" "$OB_TIMEOUT" 2>"$OB_NET_DIR/reach.err") ||
+        die "$(sed 's/^ERROR: //' "$OB_NET_DIR/reach.err") (overlayboot.upper=$url)"
+    nbd_attach "$url" "$server" nbd-upper
     [ "$(cat "/sys/block/$NBD_DEV/ro")" = 0 ] ||
         die "the server exports $url read-only: it cannot keep changes (overlayboot.upper=)"
     OB_UPPER_KIND=path

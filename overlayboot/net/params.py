@@ -120,6 +120,7 @@ def shell_values(net: NetConfig) -> dict[str, str]:
     """``OB_NET_*``/``OB_LOWER_*`` values for the hooks (phases network and fetch)."""
     ip = net.ip if net.ip is not None else IpConfig("dhcp")
     low = net.lower
+    up = parse_lower(net.upper.replace(MAC, "0")) if net.upper else None
     return {
         "OB_NET": "1" if net.wants_network else "",
         "OB_NET_MODE": ip.mode,
@@ -141,4 +142,6 @@ def shell_values(net: NetConfig) -> dict[str, str]:
         "OB_NET_CA": net.ca,
         "OB_NET_IMAGE": net.image,
         "OB_NET_UPPER": net.upper,
+        "OB_NET_UPPER_HOST": up.host if up else "",
+        "OB_NET_UPPER_PORT": str(up.port) if up else "",
     }

@@ -321,7 +321,7 @@ def test_persistence_on_the_server_per_mac(
     mac = "52-54-00-21-30-1e"  # client 30's (tests/net/netns.py)
     img = mmp_ext4(tmp_path / f"upper-{mac}.img")
     lower = f"overlayboot.lower=nfs://{SERVER}/srv/docroot/image.squashfs"
-    upper = f"nbd://{SERVER}:{UPPER_PORT}/upper-"
+    upper = f"nbd://{SERVER_NAME}:{UPPER_PORT}/upper-"  # by name: DNS from DHCP
     with qemu_nbd(img, f"upper-{mac}", SERVER, UPPER_PORT, lab.ns.name, writable=True):
         with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
             state = g.sh("cat /run/overlayboot/state | tr '\\n' ' '")

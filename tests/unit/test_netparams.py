@@ -181,6 +181,7 @@ def test_persistence_on_the_server_is_an_nbd_export() -> None:
     lines = to_shell(cfg).splitlines()
     assert "OB_UPPER_KIND=nbd" in lines and "OB_NET=1" in lines
     assert "OB_NET_UPPER='nbd://10.0.0.1/upper-{mac}'" in lines
+    assert "OB_NET_UPPER_HOST=10.0.0.1" in lines and "OB_NET_UPPER_PORT=10809" in lines
     with pytest.raises(UsageError) as exc:
         parse_cmdline("overlayboot.upper=nbd://10.0.0.1/")
     assert "a persistence on the server is an NBD export" in exc.value.line()
