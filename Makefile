@@ -83,7 +83,7 @@ bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
 
 # network boot figures (root; QEMU clients booted at once from one server, per lower;
-# about 25 min on 2 cores): NET_BENCH_ARGS, see `python -m bench.netboot --help`
+# about 25 min alone on 2 cores, an hour on a shared one): NET_BENCH_ARGS, see `python -m bench.netboot --help`
 NET_BENCH_ARGS ?=
 bench-net: deps
 	$(PY) -m bench.netboot $(NET_BENCH_ARGS)
