@@ -14,9 +14,10 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3.11 python3.11-venv pyt
 	attr fuse-overlayfs squashfs-tools e2fsprogs kmod util-linux busybox-static qemu-system-x86 \
 	zstd xz-utils cpio patch ovmf xorriso grub-pc-bin grub-efi-amd64-bin mtools dosfstools fdisk \
 	debootstrap exfatprogs exfat-fuse meson ninja-build dpkg-dev debian-archive-keyring qemu-utils \
-	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2 cryptsetup-bin
+	dnsmasq-base nginx-light nfs-ganesha nfs-ganesha-vfs ipxe ipxe-qemu iproute2 cryptsetup-bin \
+	openssl
 
-.PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench clean
+.PHONY: all deps apt venv test test-slow imports lint typecheck pytest demo bench bench-net clean
 
 all: test
 
@@ -81,6 +82,12 @@ demo: deps
 BENCH_ARGS ?=
 bench: deps
 	$(PY) -m bench $(BENCH_ARGS)
+
+# network boot figures (root; QEMU clients booted at once from one server, per lower;
+# about 25 min alone on 2 cores, an hour on a shared one): NET_BENCH_ARGS, see `python -m bench.netboot --help`
+NET_BENCH_ARGS ?=
+bench-net: deps
+	$(PY) -m bench.netboot $(NET_BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

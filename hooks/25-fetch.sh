@@ -5,7 +5,11 @@
 # then has nothing to do). http(s)://... is fetched whole into a tmpfs and its sha256
 # checked (overlayboot.net.fetch), or with overlayboot.lower.lazy shown as a file read with
 # range requests (overlayboot.net.httpfs, chrooted in $OB_RUN like the overlay daemon).
-# In: OB_NET_LOWER/SCHEME/HOST/PORT/PATH/IMAGE_FILE/LAZY/SHA256/CACHE, OB_IMAGE, OB_INIT.
+# nbd://SERVER/EXPORT is attached to an nbd device (overlayboot.net.nbd): the image, or a
+# filesystem holding it. overlayboot.upper=nbd://... is attached too, read-write: the
+# persistence partition of phases persistence and upper.
+# In: OB_NET_LOWER/SCHEME/HOST/PORT/PATH/IMAGE_FILE/LAZY/SHA256/CACHE/CA/IMAGE/UPPER,
+# OB_IMAGE, OB_INIT.
 # Out: OB_IMAGE_FILE (an image phase lower mounts), or OB_LOWER_READY with OB_LOWER,
 # OB_IMAGE_ID and OB_LEGACY_ID (a tree).
 if [ -n "$OB_NET_LOWER" ]; then
@@ -15,6 +19,7 @@ if [ -n "$OB_NET_LOWER" ]; then
     state net_server "$server"
     case "$OB_NET_SCHEME" in
         nfs) nfs_lower "$server" ;;
+        nbd) nbd_lower "$server" ;;
         *)
             if [ -n "$OB_NET_LAZY" ]; then
                 http_lazy "$server"
@@ -24,3 +29,4 @@ if [ -n "$OB_NET_LOWER" ]; then
             ;;
     esac
 fi
+[ -z "$OB_NET_UPPER" ] || nbd_upper

@@ -228,7 +228,9 @@ fsck_upper() {
         log "fsck: $line"
     done < "$OB_RUN/fsck.log"
     state fsck "$rc"
-    if [ "$rc" -ge 4 ]; then
+    if grep -q "MMP: device currently active" "$OB_RUN/fsck.log"; then
+        die "the persistence partition $1 is in use by another machine (ext4 multiple-mount protection): one machine per persistence"
+    elif [ "$rc" -ge 4 ]; then
         die "the persistence partition $1 has errors that e2fsck -p cannot fix (exit code $rc): check it by hand ($OB_RUN/runtime/e2fsck -f $1), or boot with overlayboot.upper=tmpfs"
     elif [ "$rc" -ge 2 ]; then
         log "fsck: errors on $1 fixed; e2fsck asks for a reboot (exit code $rc), needed only for a mounted filesystem: going on"

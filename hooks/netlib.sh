@@ -124,6 +124,13 @@ nfs_tree() {
     OB_LOWER_READY=1
 }
 
+# args: none; prints the CA certificate for an https lower (overlayboot.lower.ca=, used when
+# the file is there), copied to $OB_NET_DIR where the chrooted lazy reader sees it too
+net_ca() {
+    [ "$OB_NET_SCHEME" = https ] && [ -f "$OB_NET_CA" ] || return 0
+    cp "$OB_NET_CA" "$OB_NET_DIR/ca.pem" && echo "$OB_NET_DIR/ca.pem"
+}
+
 # args: SERVER-ADDRESS; the http(s) image fetched whole into a tmpfs, its sha256 checked
 http_whole() {
     mkdir -p "$OB_RUN/toram"
@@ -132,7 +139,7 @@ http_whole() {
     OB_IMAGE_FILE=$OB_RUN/toram/image.squashfs
     log "fetch: $OB_NET_LOWER into RAM"
     "$OB_RUN/runtime/python" -m overlayboot.net.fetch "$OB_NET_LOWER" "$OB_IMAGE_FILE" \
-        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" \
+        --address "$1" --sha256 "$OB_NET_SHA256" --patience "$OB_TIMEOUT" --ca "$(net_ca)" \
         > "$OB_RUN/net/fetch.out" 2>&1 ||
         die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/fetch.out" | head -n 1) (overlayboot.lower=$OB_NET_LOWER)"
     log "fetch: $(cat "$OB_RUN/net/fetch.out")"
@@ -140,13 +147,93 @@ http_whole() {
     state image "$OB_NET_LOWER"
 }
 
-# args: SERVER-ADDRESS; the http image as a file read lazily (overlayboot.net.httpfs),
+# args: none; the first nbd device not in use (size 0), by name (nbd0)
+free_nbd() {
+    for d in /sys/block/nbd*; do
+        [ -e "$d/size" ] && [ "$(cat "$d/size")" = 0 ] || continue
+        echo "${d##*/}"
+        return 0
+    done
+    return 1
+}
+
+# args: NAME; the size of the block device NAME in sectors (0 until an NBD client serves it)
+dev_size() {
+    cat "/sys/block/$1/size" 2> /dev/null || echo 0
+}
+
+# args: URL ADDRESS NAME; attaches the NBD export URL (at ADDRESS, or URL's server by name
+# if empty) to a free nbd device, read-only or not as the server says: overlayboot.net.nbd
+# shakes hands and stays in NBD_DO_IT, chrooted in $OB_RUN as the daemon is, with its pid
+# in $OB_RUN/run/overlayboot/NAME.pid (shutdown.sh spares it), log in $OB_RUN/NAME.log.
+# Sets NBD_DEV (nbd0); dies with the client's error line.
+nbd_attach() {
+    daemon_root || die "cannot prepare $OB_RUN for the NBD client"
+    NBD_DEV=$(free_nbd) || die "no free nbd device: is the nbd module in this initramfs? ($1)"
+    [ -b "$OB_RUN/dev/$NBD_DEV" ] ||
+        mknod "$OB_RUN/dev/$NBD_DEV" b $(tr ':' ' ' < "/sys/block/$NBD_DEV/dev") ||
+        die "cannot make $OB_RUN/dev/$NBD_DEV"
+    chroot "$OB_RUN" /runtime/python --argv0 "@overlayboot-$3" -m overlayboot.net.nbd \
+        "$1" "/dev/$NBD_DEV" --address "$2" --patience "$OB_TIMEOUT" --log "/$3.log" \
+        --pid-file "/run/overlayboot/$3.pid" 2> "$OB_NET_DIR/$3.err" ||
+        die "$(sed -n 's/^ERROR: //p' "$OB_NET_DIR/$3.err" | head -n 1) ($1)"
+    pid=$(cat "$OB_RUN/run/overlayboot/$3.pid" 2>/dev/null)
+    echo -1000 > "/proc/$pid/oom_score_adj" 2>/dev/null ||
+        log "WARNING: the NBD client (pid $pid) is not protected from the OOM killer"
+    # the kernel sizes the device once the client is in NBD_DO_IT
+    net_deadline=$(($(cut -d. -f1 /proc/uptime) + OB_TIMEOUT))
+    while [ "$(dev_size "$NBD_DEV")" = 0 ] && before_deadline; do sleep 0.1; done
+    [ "$(dev_size "$NBD_DEV")" != 0 ] ||
+        die "the nbd device /dev/$NBD_DEV did not come up after $OB_TIMEOUT s (log: $OB_RUN/$3.log)"
+}
+
+# args: SERVER-ADDRESS; an NBD lower: the export on an nbd device is the image, or a
+# filesystem holding it (an ISO: OB_NET_IMAGE, else overlayboot.image)
+nbd_lower() {
+    nbd_attach "$OB_NET_LOWER" "$1" nbd
+    nbd=$NBD_DEV
+    state image "$OB_NET_LOWER"
+    if [ "$(head -c 4 "/dev/$nbd")" = hsqs ]; then
+        OB_IMAGE_FILE=/dev/$nbd
+        log "fetch: NBD $OB_NET_LOWER on /dev/$nbd: the image"
+        return 0
+    fi
+    mkdir -p "$OB_RUN/nbd"
+    mount -o ro "/dev/$nbd" "$OB_RUN/nbd" 2> /dev/null ||
+        die "the NBD export $OB_NET_LOWER is neither a squashfs image nor a filesystem this initramfs mounts"
+    image=${OB_NET_IMAGE:-$OB_IMAGE}
+    OB_IMAGE_FILE=$OB_RUN/nbd$image
+    [ -f "$OB_IMAGE_FILE" ] ||
+        die "the NBD export $OB_NET_LOWER holds no $image; it holds: $(ls "$OB_RUN/nbd" | tr '\n' ' ')"
+    log "fetch: NBD $OB_NET_LOWER on /dev/$nbd, the image $image in it"
+}
+
+# args: none; the persistence on the server (overlayboot.upper=nbd://..., {mac}: this
+# interface's MAC as 52-54-00-12-34-56) attached read-write; phases persistence and upper
+# then take the device as overlayboot.upper=/dev/nbdN (an ext4 partition, checked first)
+nbd_upper() {
+    mac=$(tr ':' '-' < "/sys/class/net/$OB_NET_IF/address")
+    url=$(echo "$OB_NET_UPPER" | sed "s/{mac}/$mac/g")
+    # resolved here: the chrooted client has no resolv.conf
+    server=$("$OB_RUN/runtime/python" -m overlayboot.net.reach "$OB_NET_UPPER_HOST" "$OB_NET_UPPER_PORT" "$OB_TIMEOUT" 2>"$OB_NET_DIR/reach.err") ||
+        die "$(sed 's/^ERROR: //' "$OB_NET_DIR/reach.err") (overlayboot.upper=$url)"
+    nbd_attach "$url" "$server" nbd-upper
+    [ "$(cat "/sys/block/$NBD_DEV/ro")" = 0 ] ||
+        die "the server exports $url read-only: it cannot keep changes (overlayboot.upper=)"
+    OB_UPPER_KIND=path
+    OB_UPPER=/dev/$NBD_DEV
+    state upper_url "$url"
+    log "fetch: the persistence $url on /dev/$NBD_DEV"
+}
+
+# args: SERVER-ADDRESS; the http(s) image as a file read lazily (overlayboot.net.httpfs),
 # chrooted in $OB_RUN as the overlay daemon is (so it survives switch_root)
 http_lazy() {
     daemon_root || die "cannot prepare $OB_RUN for the lazy HTTP reader"
     mkdir -p "$OB_RUN/http"
+    ca=$(net_ca)
     chroot "$OB_RUN" /runtime/python --argv0 @overlayboot-http -m overlayboot.net.httpfs \
-        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" \
+        "$OB_NET_LOWER" /http --address "$1" --cache "$OB_NET_CACHE" --ca "${ca#"$OB_RUN"}" \
         --patience "$OB_TIMEOUT" --log /httpfs.log --as-root --pid-file "$OB_HTTP_PID" \
         2> "$OB_RUN/net/httpfs.err" ||
         die "$(sed -n 's/^ERROR: //p' "$OB_RUN/net/httpfs.err" | head -n 1) (overlayboot.lower=$OB_NET_LOWER; log: $OB_RUN/httpfs.log)"

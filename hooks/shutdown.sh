@@ -221,9 +221,9 @@ sync
 moved=yes
 take_run || moved=
 dpid=$(daemon_pid)
-# the lazy HTTP lower's reader (overlayboot.lower.lazy) serves the daemon's lower: spared
-# too; it ends when the layers are unmounted
-hpid=$(cat "$OB_RUN/run/overlayboot/http.pid" 2> /dev/null)
+# the lazy HTTP lower's reader (overlayboot.lower.lazy) and the NBD clients (lower, and
+# persistence on the server) serve the daemon's layers: spared too; they end with the machine
+hpid=$(cat "$OB_RUN/run/overlayboot/http.pid" "$OB_RUN"/run/overlayboot/nbd*.pid 2> /dev/null)
 # shellcheck disable=SC2086  # no pid, or one each
 stop_others $dpid $hpid
 if [ -n "$moved" ]; then

@@ -38,10 +38,12 @@ OPTIONAL_MODULES = frozenset(
      "sdhci_acpi", "nls_ascii", "nls_cp850", "aesni_intel", "efivarfs"}
 )  # fmt: skip
 # The network boot's (hooks/15-network.sh loads them, only when the boot needs the
-# network): the NICs of PCs and VMs (r8169's PHY driver realtek), the NFS client. All
-# optional: a kernel without them builds an image that boots from local media only.
+# network): the NICs of PCs and VMs (r8169's PHY driver realtek), the NFS client, the
+# NBD client (nbd). All optional: a kernel without them builds an image that boots from
+# local media only.
 NET_MODULES: tuple[str, ...] = (
     "virtio_net", "e1000", "e1000e", "igb", "r8169", "realtek", "nfs", "nfsv4", "nfsv3",
+    "nbd",
 )  # fmt: skip
 
 

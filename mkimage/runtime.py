@@ -85,6 +85,7 @@ ENTRY_MODULES: tuple[str, ...] = (
     "overlayboot.net.reach",
     "overlayboot.net.fetch",
     "overlayboot.net.httpfs",
+    "overlayboot.net.nbd",
     "overlayboot.block.cli",  # overlayboot.overlay=block (hooks/block.sh)
     "overlayboot.block.daemon",
     "overlayboot.block.manage",

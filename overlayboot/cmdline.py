@@ -28,7 +28,7 @@ from pathlib import Path
 from overlayboot.bootparams import translate
 from overlayboot.errors import UsageError
 from overlayboot.net.config import NetConfig
-from overlayboot.net.params import apply_param, check, shell_values
+from overlayboot.net.params import apply_param, check, parse_upper, shell_values
 
 PHASES: tuple[str, ...] = ("early", "modules", "medium", "lower", "upper", "overlay", "switch")
 # the network boot's phases (hooks/15-network.sh, 25-fetch.sh): by name only, no number
@@ -47,7 +47,8 @@ class CmdlineError(UsageError):
 class DeviceSpec:
     """How to find a block device: by filesystem label, UUID, partition label or path."""
 
-    kind: str  # "label", "uuid", "partlabel", "path"; "name" (overlayboot.upper=name:)
+    kind: str  # "label", "uuid", "partlabel", "path"; "name" (overlayboot.upper=name:);
+    # "nbd" (overlayboot.upper=nbd://...: phase fetch attaches it and makes it a "path")
     value: str
 
     def __str__(self) -> str:
@@ -275,6 +276,9 @@ def _upper_param(cfg: BootConfig, key: str, value: str | None, warnings: list[st
         v = _need(value, key)
         if v == "tmpfs":
             return replace(cfg, upper=None, upper_dir="")
+        if v.startswith("nbd://"):  # a persistence on the server (phase fetch attaches it)
+            net = replace(cfg.net, upper=parse_upper(v))
+            return replace(cfg, upper=DeviceSpec("nbd", v), upper_dir="", net=net)
         if v.startswith("name:") and len(v) > 5 and "/" not in v[5:]:
             # a partition labelled NAME, else a file /NAME on any partition (live-boot's rule)
             return replace(cfg, upper=DeviceSpec("name", v[5:]), upper_dir="")

@@ -12,10 +12,14 @@ live-boot ``httpfs=URL``           ``overlayboot.lower=URL overlayboot.lower.laz
 archiso ``archiso_http_srv=URL``   ``overlayboot.lower=URL/BASE/x86_64/airootfs.sfs`` (BASE:
                                    ``archisobasedir=``, default arch)
 archiso ``archiso_nfs_srv=S:/P``   ``overlayboot.lower=nfs://S/P/BASE/x86_64/airootfs.sfs``
-NBD (``root=nbd:``, ``netroot=nbd:``, ``archiso_nbd_srv=``): an error naming the forms above.
+dracut ``root=nbd:S:P[/E][:...]``  ``overlayboot.lower=nbd://S:P/E`` (also ``netroot=``; no
+                                   E: the server's default export)
+archiso ``archiso_nbd_srv=S``      ``overlayboot.lower=nbd://S/archiso``, a filesystem (the
+                                   ISO) holding ``/BASE/x86_64/airootfs.sfs``
 =================================  ==========================================================
 
-NFS options given in these forms are not used: the mount is always read-only, NFSv4, hard.
+NFS options given in these forms are not used: the mount is always read-only, NFSv4, hard;
+nor are dracut's NBD fstype, mount and nbd options.
 The local-media parameters of these tools are mapped elsewhere (overlayboot.cmdline).
 """
 
@@ -46,11 +50,17 @@ def _nfs_url(spec: str, key: str) -> str:
     return f"nfs://{server}{path}"
 
 
-def _no_nbd(key: str, value: str) -> ForeignParamError:
-    return ForeignParamError(
-        f"{key}={value!r}: NBD is not supported",
-        "serve the image over NFS or HTTP: overlayboot.lower=nfs://... or http://...",
-    )
+def _nbd_url(spec: str, key: str) -> str:
+    """dracut's ``SERVER:PORT[/EXPORT][:fstype[:opts[:nbdopts]]]`` -> ``nbd://SERVER:PORT/E``."""
+    server, _, rest = spec.partition(":")
+    where = rest.split(":", 1)[0]
+    port, _, export = where.partition("/")
+    if not server or not port.isdigit():
+        raise ForeignParamError(
+            f"{key}=nbd:{spec!r} is not nbd:SERVER:PORT[/EXPORT]",
+            "e.g. root=nbd:10.0.0.1:10809/live (or overlayboot.lower=nbd://SERVER/EXPORT)",
+        )
+    return f"nbd://{server}:{port}/{export}"
 
 
 def _root(net: NetConfig, key: str, value: str) -> NetConfig | None:
@@ -61,7 +71,7 @@ def _root(net: NetConfig, key: str, value: str) -> NetConfig | None:
         if value.startswith(prefix):
             return replace(net, lower=parse_lower(_nfs_url(value[len(prefix) :], key)))
     if value.startswith("nbd:"):
-        raise _no_nbd(key, value)
+        return replace(net, lower=parse_lower(_nbd_url(value[4:], key)))
     return None
 
 
@@ -84,8 +94,8 @@ def foreign_param(net: NetConfig, key: str, value: str | None) -> NetConfig | No
         return replace(net, archiso_srv=_nfs_url(v, key))
     if key == "archisobasedir" and v:
         return replace(net, archiso_base=v.strip("/"))
-    if key == "archiso_nbd_srv":
-        raise _no_nbd(key, v)
+    if key == "archiso_nbd_srv" and v:
+        return replace(net, archiso_srv=f"nbd://{v}/archiso")
     return None
 
 
@@ -93,5 +103,8 @@ def resolve_archiso(net: NetConfig) -> NetConfig:
     """The archiso server and base dir (known once every parameter is read) -> the lower."""
     if not net.archiso_srv:
         return net
+    if net.archiso_srv.startswith("nbd://"):  # the export is the ISO: the image is in it
+        image = f"/{net.archiso_base}/{ARCHISO_IMAGE}"
+        return replace(net, lower=parse_lower(net.archiso_srv), image=image)
     url = f"{net.archiso_srv}/{net.archiso_base}/{ARCHISO_IMAGE}"
     return replace(net, lower=parse_lower(url))

@@ -1,13 +1,15 @@
 """An http(s) image fetched whole into a file (a tmpfs: the lower in RAM), its sha256 checked.
 
-``python -m overlayboot.net.fetch URL DEST --address IP [--sha256 HEX|none] [--patience S]``
+``python -m overlayboot.net.fetch URL DEST --address IP [--sha256 HEX|none] [--patience S]
+[--ca PEM]``
 
 The expected checksum is ``--sha256`` (``overlayboot.lower.sha256=``), else the first word of
-``URL.sha256`` on the same server (plain http only: it guards against corruption, not
-against a forged server; https demands ``--sha256``, the initramfs has no CA store to check
-the server's certificate). The image is read in ranges (a dropped connection resumes where
-it stopped) after a check that it fits in the memory available. On any failure DEST is
-removed and one ``ERROR:`` line says why (exit 1).
+``URL.sha256`` on the same server (plain http: it guards against corruption, not against a
+forged server; https: only with ``--ca``, the CA the server's certificate is checked
+against (``overlayboot.lower.ca=``); https without a CA demands ``--sha256``). The image
+is read in ranges (a dropped connection resumes where it stopped) after a check that it
+fits in the memory available. On any failure DEST is removed and one ``ERROR:`` line says
+why (exit 1).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import hashlib
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from overlayboot.errors import OverlaybootError
@@ -43,11 +45,12 @@ class Fetched:
     checked_against: str  # where the expected sum came from
 
 
-def target_of(url: str, address: str) -> Target:
+def target_of(url: str, address: str, ca: str = "") -> Target:
+    """Where ``url`` is (at ``address``, if given); ``ca`` checks an https server."""
     low = parse_lower(url)
     if low.scheme == "nfs":
         raise FetchError(f"{url} is not an http(s) URL")
-    return Target(low.scheme, address or low.host, low.port, low.host, low.path)
+    return Target(low.scheme, address or low.host, low.port, low.host, low.path, ca)
 
 
 def expected_sum(target: Target, given: str, patience: float) -> tuple[str, str]:
@@ -56,12 +59,13 @@ def expected_sum(target: Target, given: str, patience: float) -> tuple[str, str]
         return "", ""
     if given:
         return given.lower(), "overlayboot.lower.sha256"
-    if target.scheme == "https":
+    if target.scheme == "https" and not target.ca:
         raise FetchError(
-            f"{target.url}: an https image needs its sha256 on the command line",
-            "give overlayboot.lower.sha256=HEX (or =none to boot it unchecked)",
+            f"{target.url}: an https image needs its sha256 on the command line, or a CA",
+            "give overlayboot.lower.sha256=HEX (or =none to boot it unchecked), or the CA "
+            "that signed the server's certificate (overlayboot.lower.ca=)",
         )
-    side = Target(target.scheme, target.address, target.port, target.host, target.path + ".sha256")
+    side = replace(target, path=target.path + ".sha256")
     client = RangeClient(side, patience=patience)
     try:
         size = client.head().size
@@ -104,9 +108,11 @@ def _copy(client: RangeClient, size: int, dest: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, address: str, sha256: str = "", patience: float = 30) -> Fetched:
+def fetch(
+    url: str, dest: Path, address: str, sha256: str = "", patience: float = 30, ca: str = ""
+) -> Fetched:
     """Fetch ``url`` whole into ``dest`` and check it; :class:`FetchError` otherwise."""
-    target = target_of(url, address)
+    target = target_of(url, address, ca)
     want, source = expected_sum(target, sha256, patience)
     client = RangeClient(target, patience=patience)
     start = time.monotonic()
@@ -144,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--address", default="")
     ap.add_argument("--sha256", default="")
     ap.add_argument("--patience", type=float, default=30)
+    ap.add_argument("--ca", default="")
     args = ap.parse_args(argv)
     try:
-        got = fetch(args.url, args.dest, args.address, args.sha256, args.patience)
+        got = fetch(args.url, args.dest, args.address, args.sha256, args.patience, args.ca)
     except FetchError as exc:
         print(f"ERROR: {exc.line()}", file=sys.stderr)
         return 1

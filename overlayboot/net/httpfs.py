@@ -3,7 +3,10 @@ read with range requests as the kernel asks for its blocks (what live-boot's ``h
 does with httpfs2). Phase fetch loop-mounts the file as the squashfs lower.
 
 ``python -m overlayboot.net.httpfs URL MOUNTPOINT [--address IP] [--cache BYTES]
-[--log FILE] [--patience S] [--pid-file FILE] [--as-root] [--foreground]``
+[--log FILE] [--patience S] [--ca PEM] [--pid-file FILE] [--as-root] [--foreground]``
+
+An https URL needs ``--ca``: the server's certificate is checked against that CA (and the
+URL's host name), as nothing else checks the blocks read lazily.
 
 The mount holds one file, ``image.squashfs``, of the image's size. Reads are served from a
 RAM cache of chunks (``overlayboot.net.chunkcache``); missing chunks are fetched in a worker
@@ -30,6 +33,7 @@ import trio
 
 from overlayboot.fs import survive
 from overlayboot.net.chunkcache import ChunkCache
+from overlayboot.net.detach import detach, log_to, ready
 from overlayboot.net.fetch import target_of
 from overlayboot.net.httpio import HttpError, RangeClient, Remote
 
@@ -121,37 +125,17 @@ class ImageOperations(pyfuse3.Operations):
         return s
 
 
-def _detach() -> int:
-    """Fork; the parent waits for the child's ``1`` on a pipe (mounted) and exits 0, or 1
-    if the child ends first. Returns the pipe's write end, in the detached child."""
-    rfd, wfd = os.pipe()
-    if os.fork() > 0:
-        os.close(wfd)
-        ok = os.read(rfd, 1) == b"1"
-        os._exit(0 if ok else 1)
-    os.close(rfd)
-    os.setsid()
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    return wfd
-
-
-def _logging(log_file: Path | None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-
-
 def serve(args: argparse.Namespace) -> int:
     """HEAD the image, mount, detach, serve until unmounted."""
-    client = RangeClient(
-        target_of(args.url, args.address), on_outage=log.warning, patience=args.patience
-    )
+    target = target_of(args.url, args.address, args.ca)
+    if target.scheme == "https" and not target.ca:
+        print(
+            f"ERROR: {args.url}: an https image read lazily needs the CA that signed the "
+            "server's certificate (overlayboot.lower.ca=; nothing else checks what it reads)",
+            file=sys.stderr,
+        )
+        return 1
+    client = RangeClient(target, on_outage=log.warning, patience=args.patience)
     try:
         remote = client.head()
     except HttpError as exc:
@@ -169,7 +153,7 @@ def serve(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"ERROR: cannot mount {args.mountpoint}: {exc}", file=sys.stderr)
         return 1
-    ready = None if args.foreground else _detach()
+    wfd = None if args.foreground else detach()
     if args.as_root:
         survive.serve_as_root()
     log.info(
@@ -183,10 +167,7 @@ def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(OSError):
             args.pid_file.parent.mkdir(parents=True, exist_ok=True)
             args.pid_file.write_text(f"{os.getpid()}\n")
-    if ready is not None:
-        with contextlib.suppress(OSError):
-            os.write(ready, b"1")
-            os.close(ready)
+    ready(wfd)
     try:
         trio.run(pyfuse3.main)
     finally:
@@ -208,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=int, default=64 << 20)
     ap.add_argument("--log", type=Path, default=None)
     ap.add_argument("--patience", type=float, default=30)
+    ap.add_argument("--ca", default="", help="https: the CA the server's certificate must chain to")
     ap.add_argument("--as-root", action="store_true")
     ap.add_argument("--pid-file", type=Path, default=None)
     ap.add_argument("--foreground", action="store_true")
     args = ap.parse_args(argv)
-    _logging(args.log)
+    log_to(args.log)
     return serve(args)
 
 

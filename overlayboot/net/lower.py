@@ -5,8 +5,10 @@
   /live/filesystem.squashfs), an unpacked root tree, or an image file itself
   (``.squashfs``, ``.sfs``, ``.img``: loop-mounted).
 * ``http://SERVER[:PORT]/path/image.squashfs`` (or ``https``): the image, fetched whole into
-  RAM and its sha256 checked; with ``overlayboot.lower.lazy`` (plain http only) read with
-  range requests as the kernel needs its blocks.
+  RAM and its sha256 checked; with ``overlayboot.lower.lazy`` read with range requests as
+  the kernel needs its blocks (https: the server's certificate checked against a CA).
+* ``nbd://SERVER[:PORT]/EXPORT``: an NBD export (``/``: the default one) on the kernel's
+  nbd device, read-only: the image itself, or a filesystem holding it (an ISO, say).
 
 SERVER is an IPv4 address or a name (resolved with the DNS servers DHCP or ``ip=`` gave).
 """
@@ -18,9 +20,9 @@ from dataclasses import dataclass
 
 from overlayboot.errors import UsageError
 
-SCHEMES = ("nfs", "http", "https")
+SCHEMES = ("nfs", "http", "https", "nbd")
 IMAGE_SUFFIXES = (".squashfs", ".sfs", ".img")
-DEFAULT_PORTS = {"nfs": 2049, "http": 80, "https": 443}
+DEFAULT_PORTS = {"nfs": 2049, "http": 80, "https": 443, "nbd": 10809}
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$")
 
@@ -33,7 +35,7 @@ class LowerUrlError(UsageError):
 class NetLower:
     """Where the lower comes from over the network."""
 
-    scheme: str  # nfs, http, https
+    scheme: str  # nfs, http, https, nbd
     host: str
     port: int
     path: str  # absolute, as in the URL
@@ -61,7 +63,7 @@ def parse_lower(value: str) -> NetLower:
     scheme, sep, rest = value.partition("://")
     scheme = scheme.lower()
     if not sep or scheme not in SCHEMES:
-        raise _bad(value, "not an nfs://, http:// or https:// URL")
+        raise _bad(value, "not an nfs://, http://, https:// or nbd:// URL")
     hostport, slash, path = rest.partition("/")
     path = slash + path
     host, colon, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
@@ -72,8 +74,8 @@ def parse_lower(value: str) -> NetLower:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise _bad(value, f"bad port {port_text!r}")
         port = int(port_text)
-    if len(path) < 2 or not _SAFE_PATH.match(path) or "/../" in path + "/":
+    if (len(path) < 2 and scheme != "nbd") or not _SAFE_PATH.match(path) or "/../" in path + "/":
         raise _bad(value, f"bad path {path!r}")
-    if scheme != "nfs" and path.endswith("/"):
+    if scheme in ("http", "https") and path.endswith("/"):
         raise _bad(value, "an http(s) lower is an image file, not a directory")
     return NetLower(scheme, host, port, path)

@@ -4,8 +4,11 @@
 (read an http image with range requests instead of fetching it whole),
 ``overlayboot.lower.sha256=HEX`` (the image's checksum; default: the first word of
 ``URL.sha256``; ``none``: not checked), ``overlayboot.lower.cache=SIZE`` (the lazy reader's
-RAM cache, default 64M), and the kernel's ``ip=``. The other tools' forms are mapped in
-:mod:`overlayboot.net.compat`.
+RAM cache, default 64M), ``overlayboot.lower.ca=PATH`` (https: the CA certificate, in the
+initramfs, that the server's certificate must chain to; default /etc/overlayboot/ca.pem,
+used when it is there, e.g. from a second initrd), and the kernel's ``ip=``. The other
+tools' forms are mapped in :mod:`overlayboot.net.compat`. ``overlayboot.upper=nbd://...``
+(a persistence on the server, :func:`parse_upper`) is read by overlayboot.cmdline.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import replace
 
 from overlayboot.errors import UsageError
 from overlayboot.net.compat import foreign_param, resolve_archiso
-from overlayboot.net.config import NetConfig
+from overlayboot.net.config import DEFAULT_CA, NetConfig
 from overlayboot.net.ipconf import IpConfig, parse_ip
 from overlayboot.net.lower import parse_lower
 
@@ -62,9 +65,31 @@ def _own_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None:
         return replace(net, sha256=v.lower())
     if key == "overlayboot.lower.cache":
         return replace(net, cache_bytes=_cache(value or ""))
+    if key == "overlayboot.lower.ca":
+        if not value or not value.startswith("/"):
+            raise NetParamError(
+                f"overlayboot.lower.ca={value!r} is not a path",
+                "the CA certificate's absolute path in the initramfs, e.g. " + DEFAULT_CA,
+            )
+        return replace(net, ca=value)
     if key == "ip":
         return replace(net, ip=parse_ip(value or ""))
     return None
+
+
+MAC = "{mac}"  # in overlayboot.upper=nbd://...: the boot interface's MAC, as 52-54-00-12-34-56
+
+
+def parse_upper(value: str) -> str:
+    """``overlayboot.upper=nbd://SERVER[:PORT]/EXPORT`` (``{mac}`` anywhere in EXPORT): the
+    persistence partition is that export of the server, attached read-write."""
+    low = parse_lower(value.replace(MAC, "52-54-00-12-34-56"))
+    if low.scheme != "nbd" or low.path == "/":
+        raise NetParamError(
+            f"overlayboot.upper={value!r}: a persistence on the server is an NBD export",
+            "overlayboot.upper=nbd://SERVER/EXPORT, e.g. nbd://10.0.0.1/upper-{mac}",
+        )
+    return value
 
 
 def apply_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None:
@@ -78,10 +103,11 @@ def apply_param(net: NetConfig, key: str, value: str | None) -> NetConfig | None
 def check(net: NetConfig) -> NetConfig:
     """The whole network configuration is usable (after every parameter is read)."""
     net = resolve_archiso(net)
-    if net.lazy and net.lower is not None and net.lower.scheme != "http":
+    if net.lazy and net.lower is not None and net.lower.scheme not in ("http", "https"):
         raise NetParamError(
-            f"overlayboot.lower.lazy works with http:// only, not {net.lower.scheme}://",
-            "drop overlayboot.lower.lazy (an https image is then fetched whole and checked)",
+            f"overlayboot.lower.lazy works with http:// and https:// only, not "
+            f"{net.lower.scheme}://",
+            "drop overlayboot.lower.lazy (NFS and NBD read only what is read anyway)",
         )
     if net.lower is not None and net.ip is not None and net.ip.mode == "off":
         raise NetParamError(
@@ -94,6 +120,7 @@ def shell_values(net: NetConfig) -> dict[str, str]:
     """``OB_NET_*``/``OB_LOWER_*`` values for the hooks (phases network and fetch)."""
     ip = net.ip if net.ip is not None else IpConfig("dhcp")
     low = net.lower
+    up = parse_lower(net.upper.replace(MAC, "0")) if net.upper else None
     return {
         "OB_NET": "1" if net.wants_network else "",
         "OB_NET_MODE": ip.mode,
@@ -112,4 +139,9 @@ def shell_values(net: NetConfig) -> dict[str, str]:
         "OB_NET_LAZY": "1" if net.lazy else "",
         "OB_NET_SHA256": net.sha256,
         "OB_NET_CACHE": str(net.cache_bytes),
+        "OB_NET_CA": net.ca,
+        "OB_NET_IMAGE": net.image,
+        "OB_NET_UPPER": net.upper,
+        "OB_NET_UPPER_HOST": up.host if up else "",
+        "OB_NET_UPPER_PORT": str(up.port) if up else "",
     }

@@ -6,12 +6,15 @@ It lays out DIR (default ``IMAGE/serve``)::
     DIR/tftp/     undionly.kpxe (iPXE for NIC ROMs that are not iPXE)          (dnsmasq)
     DIR/nginx.conf  DIR/ganesha.conf  DIR/dnsmasq.conf                         (the servers)
 
-and, with ``--run``, runs nginx, nfs-ganesha and dnsmasq in the foreground on ADDRESS until
-interrupted. The clients PXE-boot (their iPXE ROM, or undionly.kpxe chainloaded) into
-boot.ipxe, which boots the kernel with ``overlayboot.lower=`` for ``--lower`` (lazy: http
-with range requests; http: fetched whole, its sha256 on the command line; nfs: the image on
-the NFS export). With ``--proxy-dhcp`` dnsmasq leaves the addresses to the existing DHCP
-server and only answers PXE.
+and, with ``--run``, runs nginx, nfs-ganesha and dnsmasq (and qemu-nbd) in the foreground on
+ADDRESS until interrupted. The clients PXE-boot (their iPXE ROM, or undionly.kpxe
+chainloaded) into boot.ipxe, which boots the kernel with ``overlayboot.lower=`` for
+``--lower`` (lazy: http with range requests; http: fetched whole, its sha256 on the command
+line; nfs: the image on the NFS export; nbd: the image exported by qemu-nbd). With
+``--proxy-dhcp`` dnsmasq leaves the addresses to the existing DHCP server and only answers
+PXE. With ``--tls-cert``, ``--tls-key`` and ``--ca`` nginx serves https too, the image's URL
+is https, and boot.ipxe loads DIR/www/ca.cpio (the CA at /etc/overlayboot/ca.pem,
+``overlayboot.lower.ca``'s default) after the initramfs.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ import click
 
 from overlayboot.clierrors import domain_errors
 from overlayboot.errors import UsageError
+from overlayboot.net.config import DEFAULT_CA
 from overlayboot.net.serverconf import (
     UNDIONLY,
     DhcpPlan,
+    Tls,
     dnsmasq_options,
     ganesha_conf,
     ipxe_script,
@@ -37,7 +42,7 @@ from overlayboot.net.serverconf import (
 )
 from overlayboot.run import spawn
 
-LOWERS = ("lazy", "http", "nfs")
+LOWERS = ("lazy", "http", "nfs", "nbd")
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class ServePlan:
     proxy: bool
     out: Path
     params: str  # more kernel parameters
+    tls: Tls | None = None  # https beside http (the image's URL is then https)
+    ca: Path | None = None  # the CA the clients trust, sent as a second initrd (ca.cpio)
 
 
 def _place(src: Path, dest: Path) -> None:
@@ -61,12 +68,24 @@ def _place(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
+def ca_initrd(ca: Path, dest: Path) -> Path:
+    """A second initrd (newc cpio) putting ``ca`` at overlayboot.lower.ca's default path."""
+    from mkimage.cpio import Entry, cpio_bytes
+
+    parts = DEFAULT_CA.strip("/").split("/")
+    dirs = [Entry.directory("/".join(parts[: i + 1])) for i in range(len(parts) - 1)]
+    dest.write_bytes(cpio_bytes([*dirs, Entry.file("/".join(parts), ca.read_bytes())]))
+    return dest
+
+
 def lower_param(plan: ServePlan, sha256: str) -> str:
-    base = f"http://{plan.address}"
+    base = f"https://{plan.address}" if plan.tls else f"http://{plan.address}"
     if plan.lower == "lazy":
         return f"overlayboot.lower={base}/image.squashfs overlayboot.lower.lazy"
     if plan.lower == "http":
         return f"overlayboot.lower={base}/image.squashfs overlayboot.lower.sha256={sha256}"
+    if plan.lower == "nbd":
+        return f"overlayboot.lower=nbd://{plan.address}/image"
     return f"overlayboot.lower=nfs://{plan.address}/srv/image.squashfs"
 
 
@@ -93,8 +112,13 @@ def lay_out(plan: ServePlan) -> None:
     digest = hashlib.sha256(squashfs.read_bytes()).hexdigest()
     (www / "image.squashfs.sha256").write_text(f"{digest}  image.squashfs\n")
     params = f"{lower_param(plan, digest)} {plan.params}".strip()
-    (www / "boot.ipxe").write_text(ipxe_script(f"http://{plan.address}", params))
-    (plan.out / "nginx.conf").write_text(nginx_conf(www, plan.address, 80, plan.out / "nginx"))
+    initrds: tuple[str, ...] = ("initrd.img",)
+    if plan.ca is not None:
+        initrds += (ca_initrd(plan.ca, www / "ca.cpio").name,)
+    (www / "boot.ipxe").write_text(ipxe_script(f"http://{plan.address}", params, initrds))
+    (plan.out / "nginx.conf").write_text(
+        nginx_conf(www, plan.address, 80, plan.out / "nginx", tls=plan.tls)
+    )
     (plan.out / "ganesha.conf").write_text(
         ganesha_conf(www, "/srv", plan.address, plan.out / "ganesha")
     )
@@ -107,9 +131,13 @@ def lay_out(plan: ServePlan) -> None:
 
 
 def commands(plan: ServePlan) -> list[list[str]]:
-    """The three servers' command lines, each in the foreground."""
+    """The servers' command lines, each in the foreground (and qemu-nbd for ``--lower nbd``:
+    the image read-only to any number of clients, as export ``image`` on port 10809)."""
     o = plan.out
-    return [
+    nbd = [["qemu-nbd", "--read-only", "--persistent", "--shared=0", "--format=raw",
+            "--export-name=image", f"--bind={plan.address}",
+            str(o / "www/image.squashfs")]]  # fmt: skip
+    return [*(nbd if plan.lower == "nbd" else []),
         ["nginx", "-p", str(o / "nginx"), "-c", str(o / "nginx.conf"),
          "-e", str(o / "nginx/error.log")],
         ["ganesha.nfsd", "-F", "-f", str(o / "ganesha.conf"), "-L", str(o / "ganesha/ganesha.log"),
@@ -136,6 +164,22 @@ def run_all(plan: ServePlan) -> None:
                 proc.kill()
 
 
+_FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
+
+
+def _tls(cert: Path | None, key: Path | None, ca: Path | None, lower: str) -> Tls | None:
+    if cert is None and key is None and ca is None:
+        return None
+    if cert is None or key is None or ca is None:
+        raise UsageError(
+            "https needs all three of --tls-cert, --tls-key and --ca",
+            "the CA must have signed the certificate, which must name --address",
+        )
+    if lower == "nfs":
+        raise UsageError("--lower nfs does not use https", "drop --tls-cert/--tls-key/--ca")
+    return Tls(cert.absolute(), key.absolute())
+
+
 @click.command("serve")
 @click.argument("image", type=click.Path(path_type=Path, file_okay=False))
 @click.option(
@@ -153,7 +197,7 @@ def run_all(plan: ServePlan) -> None:
     type=click.Choice(LOWERS),
     default="lazy",
     show_default=True,
-    help="How clients read the image: lazy HTTP, whole HTTP, or NFS.",
+    help="How clients read the image: lazy HTTP, whole HTTP, NFS, or NBD (qemu-nbd).",
 )
 @click.option("--proxy-dhcp", is_flag=True, help="Leave addresses to an existing DHCP server.")
 @click.option(
@@ -163,15 +207,20 @@ def run_all(plan: ServePlan) -> None:
     help="Where to lay out the files and configurations [IMAGE/serve].",
 )
 @click.option("--params", default="", help="More kernel parameters for the clients.")
+@click.option("--tls-cert", type=_FILE, help="https: the server's certificate (PEM, for ADDRESS).")
+@click.option("--tls-key", type=_FILE, help="https: its key.")
+@click.option("--ca", type=_FILE, help="https: the CA the clients check it by (sent as ca.cpio).")
 @click.option("--run", "run_", is_flag=True, help="Run the servers (as root) until Ctrl-C.")
 @domain_errors
 def serve(image: Path, kernel: Path, address: str, interface: str, lower: str,
-          proxy_dhcp: bool, out: Path | None, params: str, run_: bool) -> None:  # fmt: skip
+          proxy_dhcp: bool, out: Path | None, params: str, tls_cert: Path | None,
+          tls_key: Path | None, ca: Path | None, run_: bool) -> None:  # fmt: skip
     """Serve a built image to diskless clients: PXE (dnsmasq, iPXE), HTTP (nginx), NFS."""
     if address.count(".") != 3:
         raise UsageError(f"--address {address!r} is not an IPv4 address")
     plan = ServePlan(image, kernel, address, interface, lower, proxy_dhcp,
-                     (out or image / "serve").absolute(), params)  # fmt: skip
+                     (out or image / "serve").absolute(), params,
+                     _tls(tls_cert, tls_key, ca, lower), ca)  # fmt: skip
     lay_out(plan)
     click.echo(f"serve: {plan.out} laid out; the servers:")
     for argv in commands(plan):

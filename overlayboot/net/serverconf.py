@@ -11,18 +11,37 @@ LOG_FORMAT = "$remote_addr $status $request_method $uri $body_bytes_sent"
 UNDIONLY = Path("/usr/lib/ipxe/undionly.kpxe")  # Debian package ipxe
 
 IPXE_SCRIPT = """#!ipxe
-kernel {base}/vmlinuz initrd=initrd.img {params}
-initrd {base}/initrd.img
-boot
+kernel {base}/vmlinuz {names} {params}
+{initrds}boot
 """
 
 
-def nginx_conf(root: Path, address: str, port: int, prefix: Path, user: str = "root") -> str:
+@dataclass(frozen=True)
+class Tls:
+    """https beside http: the server's certificate (PEM, the chain) and key, and its port."""
+
+    cert: Path
+    key: Path
+    port: int = 443
+
+
+def nginx_conf(
+    root: Path, address: str, port: int, prefix: Path, user: str = "root", tls: Tls | None = None
+) -> str:
     """nginx in the foreground serving ``root`` (ranges, keep-alive, ETag: its defaults),
-    its pid, logs and temp dirs under ``prefix``; the access log says what each client got."""
+    its pid, logs and temp dirs under ``prefix``; the access log says what each client got.
+    With ``tls`` also over https on its port."""
     temps = "".join(
         f"    {kind}_temp_path {prefix}/{kind};\n"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    https = (
+        f"""        listen {address}:{tls.port} ssl;
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+"""
+        if tls
+        else ""
     )
     return f"""daemon off;
 user {user};
@@ -38,7 +57,7 @@ http {{
     keepalive_requests 100000;
 {temps}    server {{
         listen {address}:{port};
-        root {root};
+{https}        root {root};
     }}
 }}
 """
@@ -119,6 +138,9 @@ def dnsmasq_options(plan: DhcpPlan, prefix: Path, tftp: Path | None) -> list[str
     return opts
 
 
-def ipxe_script(base: str, params: str) -> str:
-    """The iPXE script: the kernel (with ``params``) and the initramfs from ``base``."""
-    return IPXE_SCRIPT.format(base=base, params=params)
+def ipxe_script(base: str, params: str, initrds: tuple[str, ...] = ("initrd.img",)) -> str:
+    """The iPXE script: the kernel (with ``params``) and the initrds from ``base``, in order
+    (a second one, e.g. ca.cpio, is unpacked over the initramfs)."""
+    names = " ".join(f"initrd={name}" for name in initrds)
+    loads = "".join(f"initrd {base}/{name}\n" for name in initrds)
+    return IPXE_SCRIPT.format(base=base, names=names, initrds=loads, params=params)

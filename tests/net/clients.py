@@ -7,13 +7,14 @@ import hashlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serve import ca_initrd
 from overlayboot.net.serverconf import UNDIONLY, ipxe_script
 from tests.net.netns import Netns
 from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
@@ -26,7 +27,7 @@ setsid cttyhack sh
 sync
 poweroff -f
 """
-APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut"
+APPLETS = "sh cat echo ls mount grep sync poweroff setsid cttyhack md5sum head wc sed tr cut find"
 UNREAD = "opt/unread.bin"  # big, incompressible, never read at boot: lazy reads skip it
 UNREAD_MIB = 24
 
@@ -52,15 +53,25 @@ class NetnsPxeConfig(MediaVmConfig):
 
 
 def pxe_files(
-    docroot: Path, tftp: Path, kernel: Kernel, initramfs: BuiltInitramfs, server: str, params: str
+    docroot: Path,
+    tftp: Path,
+    kernel: Kernel,
+    initramfs: BuiltInitramfs,
+    server: str,
+    params: str,
+    ca: Path | None = None,
 ) -> None:
     """What a PXE client fetches: iPXE's own loader over TFTP (for a NIC ROM that is not
-    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP."""
+    iPXE), then boot.ipxe, the kernel and the initramfs over HTTP (and ``ca`` as a second
+    initrd, ca.cpio, as ``overlayboot serve --ca`` sends it)."""
     tftp.mkdir(parents=True, exist_ok=True)
     shutil.copy(UNDIONLY, tftp / "undionly.kpxe")
     shutil.copy(kernel.image, docroot / "vmlinuz")
     shutil.copy(initramfs.path, docroot / "initrd.img")
-    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}")
+    initrds: tuple[str, ...] = ("initrd.img",)
+    if ca is not None:
+        initrds += (ca_initrd(ca, docroot / "ca.cpio").name,)
+    script = ipxe_script(f"http://{server}", f"console=ttyS0 panic=-1 {params}", initrds)
     (docroot / "boot.ipxe").write_text(script)
 
 
@@ -92,8 +103,11 @@ class Served:
         return hashlib.sha256(self.image.read_bytes()).hexdigest()
 
 
-def make_served(base: Path) -> Served:
+def make_served(base: Path, fill: Callable[[Path], object] | None = None) -> Served:
+    """The tiny root (with more in it from ``fill``), its image, a docroot serving both."""
     tree = tiny_root(base / "tree")
+    if fill is not None:
+        fill(tree)
     docroot = base / "docroot"
     (docroot / "live").mkdir(parents=True)
     image = docroot / "image.squashfs"
@@ -154,7 +168,7 @@ def client(
 
 
 @contextmanager
-def fleet(configs: list[NetnsVmConfig], timeout: float = 3 * BOOT_TIMEOUT) -> Iterator[list[Guest]]:
+def fleet(configs: Sequence[VmConfig], timeout: float = 3 * BOOT_TIMEOUT) -> Iterator[list[Guest]]:
     """Every client started at once, handed over once each root is up; powered off after."""
     with ExitStack() as stack:
         vms = [stack.enter_context(Vm(cfg)) for cfg in configs]

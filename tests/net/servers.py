@@ -17,7 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from overlayboot.net.serverconf import DhcpPlan, dnsmasq_options, ganesha_conf, nginx_conf
+from overlayboot.net.serverconf import (
+    DhcpPlan,
+    Tls,
+    dnsmasq_options,
+    ganesha_conf,
+    nginx_conf,
+)
 from tests.waiting import poll_until, wait_exit
 
 NGINX = "/usr/sbin/nginx"
@@ -91,14 +97,20 @@ class Nginx:
 
 @contextmanager
 def nginx(
-    root: Path, address: str, port: int, prefix: Path, netns: str | None = None
+    root: Path,
+    address: str,
+    port: int,
+    prefix: Path,
+    netns: str | None = None,
+    tls: Tls | None = None,
 ) -> Iterator[Nginx]:
-    """nginx serving ``root`` (ranges, keep-alive, ETag: its defaults) until the end."""
+    """nginx serving ``root`` (ranges, keep-alive, ETag: its defaults; https too with
+    ``tls``) until the end."""
     if shutil.which(NGINX) is None:
         raise FileNotFoundError("nginx is not installed (Debian package nginx-light)")
     prefix.mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(nginx_conf(root, address, port, prefix))
+    conf.write_text(nginx_conf(root, address, port, prefix, tls=tls))
     argv = in_netns(
         [NGINX, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")], netns
     )
@@ -227,3 +239,42 @@ def ganesha(export: Path, pseudo: str, address: str, prefix: Path, netns: str) -
         yield server
     finally:
         server.stop()
+
+
+QEMU_NBD = "/usr/bin/qemu-nbd"
+
+
+@contextmanager
+def qemu_nbd(
+    image: Path,
+    export: str,
+    address: str,
+    port: int,
+    netns: str | None = None,
+    writable: bool = False,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """qemu-nbd serving ``image`` (read-only unless ``writable``) as ``export`` on
+    ``address:port`` to any number of clients, one after another too (--persistent),
+    stopped at the end."""
+    if shutil.which(QEMU_NBD) is None:
+        raise FileNotFoundError("qemu-nbd is not installed (Debian package qemu-utils)")
+    mode = [] if writable else ["--read-only"]
+    argv = [QEMU_NBD, *mode, "--persistent", "--shared=0", "--format=raw",
+            f"--export-name={export}", f"--bind={address}", f"--port={port}",
+            str(image)]  # fmt: skip
+    proc = subprocess.Popen(
+        in_netns(argv, netns), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        poll_until(
+            lambda: proc.poll() is not None or port_open(address, port, netns),
+            10,
+            "qemu-nbd listening",
+        )
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"qemu-nbd did not start: {err.strip()}")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from overlayboot.net.serverconf import Tls
 from tests.net.conftest import SMALL
 from tests.net.servers import Nginx, free_port, nginx
+from tests.net.tls import make_pki
 from tests.waiting import poll_until
 
 pytestmark = pytest.mark.fuse
@@ -37,16 +39,13 @@ def server(root: Path, tmp: Path) -> Iterator[Nginx]:
 
 
 @contextmanager
-def lazy_lower(url: str, tmp: Path) -> Iterator[tuple[Path, Path]]:
+def lazy_lower(url: str, tmp: Path, *extra: str) -> Iterator[tuple[Path, Path]]:
     """httpfs at tmp/http, its image loop-mounted at tmp/lower: (lower, httpfs log)."""
     mnt, lower, log = tmp / "http", tmp / "lower", tmp / "httpfs.log"
     mnt.mkdir()
     lower.mkdir()
-    subprocess.run(
-        py("overlayboot.net.httpfs", url, str(mnt), "--log", str(log), "--cache", str(4 << 20)),
-        check=True,
-        timeout=60,
-    )
+    argv = py("overlayboot.net.httpfs", url, str(mnt), "--log", str(log), "--cache", str(4 << 20))
+    subprocess.run([*argv, *extra], check=True, timeout=60)
     try:
         subprocess.run(
             ["mount", "-t", "squashfs", "-o", "ro,loop", str(mnt / "image.squashfs"), str(lower)],
@@ -167,6 +166,42 @@ def test_whole_fetch_checks_the_sha256(served: Path, tmp_path: Path) -> None:
         # 404
         res = fetch(f"{srv.base}/missing.squashfs", dest, "--sha256", digest)
         assert res.returncode == 1 and "HTTP 404" in res.stderr
-    # https needs the sum on the command line (no CA store to trust a .sha256 file by)
+    # https needs the sum on the command line, or a CA to trust the .sha256 file by
     res = fetch("https://127.0.0.1:1/image.squashfs", dest)
     assert res.returncode == 1 and "needs its sha256 on the command line" in res.stderr
+
+
+def test_https_lower_checks_the_server_against_the_ca(
+    served: Path, image_tree: Path, tmp_path: Path
+) -> None:
+    """Lazy reads and the whole fetch over https, the server's certificate checked against
+    the CA given (a CA the test makes; the certificate names the server by name and by
+    address): a client without the CA, with another CA, or asking another name is refused
+    with one line."""
+    pki = make_pki(tmp_path / "pki", ("bootserver.test",), ("127.0.0.1",))
+    other = make_pki(tmp_path / "other", ("bootserver.test",), ("127.0.0.1",))
+    tls = Tls(pki.cert, pki.key, free_port())
+    with nginx(served, "127.0.0.1", free_port(), tmp_path / "nginx", tls=tls) as srv:
+        url = f"https://127.0.0.1:{tls.port}/image.squashfs"
+        with lazy_lower(url, tmp_path, "--ca", str(pki.ca)) as (lower, _log):
+            assert (lower / SMALL).read_text() == "served lazily\n"
+            assert (lower / "big/blob6").read_bytes() == (image_tree / "big/blob6").read_bytes()
+        assert body_bytes(srv, "/image.squashfs") > 0
+        (tmp_path / "mnt").mkdir()
+        by_name = f"https://bootserver.test:{tls.port}/image.squashfs"
+        for args, words in [
+            ((url,), "needs the CA"),
+            ((url, "--ca", str(other.ca)), "does not check against the CA"),
+            ((f"https://localhost:{tls.port}/image.squashfs", "--ca", str(pki.ca)), "localhost"),
+        ]:
+            argv = py("overlayboot.net.httpfs", args[0], str(tmp_path / "mnt"), *args[1:])
+            res = subprocess.run([*argv, "--address", "127.0.0.1", "--patience", "5"],
+                                 capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert res.returncode == 1 and words in res.stderr, (args, res.stderr)
+            assert res.stderr.startswith("ERROR: ") and len(res.stderr.splitlines()) == 1
+        # the whole fetch: by the certificate's name, the .sha256 beside it trusted
+        dest = tmp_path / "got.squashfs"
+        res = fetch(by_name, dest, "--address", "127.0.0.1", "--ca", str(pki.ca))
+        assert res.returncode == 0, res.stderr
+        assert dest.read_bytes() == (served / "image.squashfs").read_bytes()
+        assert f"checked against {by_name}.sha256" in res.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
+from overlayboot.net.serverconf import Tls
 from tests.net.clients import (
     UNREAD,
     UNREAD_MIB,
@@ -28,13 +30,26 @@ from tests.net.clients import (
     pxe_files,
 )
 from tests.net.netns import SERVER, SUBNET, Netns, netns
-from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx
+from tests.net.servers import Dnsmasq, Ganesha, Nginx, dnsmasq, ganesha, nginx, qemu_nbd
+from tests.net.tls import Pki, make_pki
 from tests.qemu.harness import Vm
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, ROOT_UP, Guest
+from tests.qemu.media import plain_iso
+from tests.qemu.test_shutdown import debugfs, upper_of
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fleet]
 
 SERVER_NAME = "bootserver.test"
+NBD_PORT = 10810  # the image itself; 10809 (NBD's own port) serves an archiso-like ISO
+UPPER_PORT = 10811  # a client's persistence (test_persistence_on_the_server_per_mac)
+NBD_PIDS = "/run/overlayboot/run/overlayboot"  # the NBD clients' pid files (their chroot's)
+
+
+def archiso_cd(image: Path, base: Path) -> Path:
+    """An ISO holding the image where archiso's is (what archiso_nbd_srv= exports)."""
+    (base / "tree/arch/x86_64").mkdir(parents=True)
+    os.link(image, base / "tree/arch/x86_64/airootfs.sfs")
+    return plain_iso(base / "tree", base / "archiso.iso", label="ARCH_TEST")
 
 
 @dataclass
@@ -47,21 +62,26 @@ class Lab:
     http: Nginx
     nfs: Ganesha
     base: Path
+    pki: Pki  # nginx serves https too, its certificate for SERVER_NAME and SERVER
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     base = tmp_path_factory.mktemp("netboot")
     served = make_served(base)
+    pki = make_pki(base / "pki", (SERVER_NAME,), (SERVER,))
+    archiso = archiso_cd(served.image, base / "archiso")
     with (
         netns() as ns,
         dnsmasq(
             base / "dnsmasq", ns.name, SUBNET, SERVER, {SERVER_NAME: SERVER}, base / "tftp"
         ) as dhcp,
-        nginx(served.docroot, SERVER, 80, base / "nginx", ns.name) as http,
+        nginx(served.docroot, SERVER, 80, base / "nginx", ns.name, Tls(pki.cert, pki.key)) as http,
         ganesha(base, "/srv", SERVER, base / "ganesha", ns.name) as nfs,
+        qemu_nbd(served.image, "image", SERVER, NBD_PORT, ns.name),
+        qemu_nbd(archiso, "archiso", SERVER, 10809, ns.name),
     ):
-        yield Lab(ns, served, dhcp, http, nfs, base)
+        yield Lab(ns, served, dhcp, http, nfs, base, pki)
 
 
 def sent(lab: Lab, uri: str) -> int:
@@ -147,8 +167,10 @@ def test_nfs_tree_boot_with_a_static_address(
         ("root=live:http://{server}/image.squashfs",),  # dracut: whole, .sha256 beside it
         ("netboot=nfs", "nfsroot={server}:/srv/docroot"),  # live-boot: a dir with live/
         ("overlayboot.lower=nfs://{name}/srv/docroot/image.squashfs",),  # LTSP's way
+        (f"overlayboot.lower=nbd://{{name}}:{NBD_PORT}/image",),  # the image on /dev/nbd0
+        ("archiso_nbd_srv={server}",),  # an ISO on /dev/nbd0, the image in it
     ],
-    ids=["http-whole", "nfs-image-dir", "nfs-image-file"],
+    ids=["http-whole", "nfs-image-dir", "nfs-image-file", "nbd-image", "nbd-archiso"],
 )
 def test_other_lowers(
     kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, params: tuple[str, ...]
@@ -159,6 +181,11 @@ def test_other_lowers(
         check_root(guest)
         if "whole" in str(params):
             assert guest.sh("grep -c '^toram=yes' /run/overlayboot/state") == "1"
+        if "nbd" in str(params):  # read-only, served by the client spared at switch_root
+            assert guest.sh("cat /sys/block/nbd0/ro") == "1"
+            assert guest.sh("cat /sys/block/nbd0/size") != "0"
+            assert guest.sh("grep -l '^@overlayboot-nbd' /proc/[0-9]*/cmdline | wc -l") == "1"
+            assert guest.sh(f"cat /proc/$(cat {NBD_PIDS}/nbd.pid)/oom_score_adj") == "-1000"
 
 
 @pytest.mark.slow
@@ -226,8 +253,9 @@ def test_four_clients_at_once_keep_their_own_changes(
 @pytest.mark.slow
 def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab) -> None:
     """No kernel given to QEMU: its NIC's iPXE ROM gets DHCP from dnsmasq, boot.ipxe, the
-    kernel and the initramfs from nginx; the client (an e1000 NIC) boots the lazy lower."""
-    params = f"overlayboot.lower=http://{SERVER}/image.squashfs overlayboot.lower.lazy"
+    kernel, the initramfs and the CA's initrd from nginx; the client (an e1000 NIC) boots
+    the lazy lower over https by the server's name, its certificate checked by that CA."""
+    params = f"overlayboot.lower=https://{SERVER_NAME}/image.squashfs overlayboot.lower.lazy"
     pxe_files(
         lab.served.docroot,
         lab.base / "tftp",
@@ -235,15 +263,17 @@ def test_pxe_boot_through_ipxe(kernel: Kernel, initramfs: BuiltInitramfs, lab: L
         initramfs,
         SERVER,
         f"overlayboot.timeout=15 overlayboot.onerror=poweroff {params}",
+        ca=lab.pki.ca,
     )
     cfg = NetnsPxeConfig(memory_mib=512, extra=tuple(lab.ns.nic(20, "e1000")), netns=lab.ns.name)
     with Vm(cfg) as vm:
         guest = Guest(vm, vm.wait_for(ROOT_UP, timeout=BOOT_TIMEOUT))
         check_root(guest)
         assert guest.sh("basename $(readlink /sys/class/net/eth0/device/driver)") == "e1000"
+        assert guest.sh("grep -c 'mounted /http: https://' /run/overlayboot/httpfs.log") == "1"
         power_off(guest)
     uris = {s.uri for s in lab.http.log()}
-    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img"} <= uris
+    assert {"/boot.ipxe", "/vmlinuz", "/initrd.img", "/ca.cpio"} <= uris
 
 
 @pytest.mark.slow
@@ -267,3 +297,41 @@ def test_nfs_server_restart_while_a_client_runs(
         assert got == want
         assert guest.sh("cat /etc/before-restart") == "kept"
         assert guest.sh("ls / | wc -l") != "0"
+
+
+def mmp_ext4(path: Path) -> Path:
+    """An empty persistence partition image with ext4's multiple-mount protection (checked
+    every second): a second machine mounting it while one has it mounted is refused."""
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-L", "overlayboot-rw", "-O", "mmp",
+         "-E", "mmp_update_interval=1", str(path), "64M"],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+@pytest.mark.slow
+def test_persistence_on_the_server_per_mac(
+    kernel: Kernel, initramfs: BuiltInitramfs, lab: Lab, tmp_path: Path
+) -> None:
+    """overlayboot.upper=nbd://SERVER/upper-{mac}: a diskless client keeps its changes in
+    an ext4 image of its own on the server (qemu-nbd, read-write), chosen by its MAC: written
+    in one boot, there in the next; another machine given the same export while it runs is
+    refused (ext4 MMP); the server's file holds the change."""
+    mac = "52-54-00-21-30-1e"  # client 30's (tests/net/netns.py)
+    img = mmp_ext4(tmp_path / f"upper-{mac}.img")
+    lower = f"overlayboot.lower=nfs://{SERVER}/srv/docroot/image.squashfs"
+    upper = f"nbd://{SERVER_NAME}:{UPPER_PORT}/upper-"  # by name: DNS from DHCP
+    with qemu_nbd(img, f"upper-{mac}", SERVER, UPPER_PORT, lab.ns.name, writable=True):
+        with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
+            state = g.sh("cat /run/overlayboot/state | tr '\\n' ' '")
+            assert "persistent=yes" in state and f"upper_url={upper}{mac}" in state, state
+            assert g.sh(f"cat /proc/$(cat {NBD_PIDS}/nbd-upper.pid)/oom_score_adj") == "-1000"
+            g.sh("echo kept > /etc/kept; sync")
+        with client(kernel, initramfs, lab.ns, 30, lower, f"overlayboot.upper={upper}{{mac}}") as g:
+            assert g.sh("cat /etc/kept") == "kept"
+            twin = (lower, f"overlayboot.upper={upper}{mac}")  # machine 31, the same export
+            with client(kernel, initramfs, lab.ns, 31, *twin, until=BOOT_ERROR) as other:
+                assert "in use by another machine" in other.first.text, other.first.text
+            assert g.sh("cat /etc/kept") == "kept"
+    assert debugfs(img, f"cat {upper_of(img)}/etc/kept") == b"kept\n"

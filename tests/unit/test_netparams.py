@@ -68,12 +68,21 @@ def test_bad_ip(bad: str) -> None:
         ("httpfs=http://s/live/filesystem.squashfs", "http://s/live/filesystem.squashfs", True),
         ("archisobasedir=f archiso_http_srv=http://s/", "http://s/f/x86_64/airootfs.sfs", False),
         ("archiso_nfs_srv=10.0.0.1:/a", "nfs://10.0.0.1/a/arch/x86_64/airootfs.sfs", False),
+        ("root=nbd:10.0.0.1:10809/live:squashfs:ro", "nbd://10.0.0.1/live", False),
+        ("netroot=nbd:srv:2000", "nbd://srv:2000/", False),
+        ("overlayboot.lower=nbd://srv/", "nbd://srv/", False),
     ],
 )  # fmt: skip
 def test_other_tools_forms(cmdline: str, url: str, lazy: bool) -> None:
     cfg = parse_cmdline(cmdline)
     assert cfg.net.lower is not None and cfg.net.lower.url == url
     assert cfg.net.lazy == lazy and cfg.net.wants_network
+
+
+def test_archiso_nbd_is_an_iso_holding_the_image() -> None:
+    cfg = parse_cmdline("archiso_nbd_srv=10.0.0.1 archisobasedir=x")
+    assert cfg.net.lower is not None and cfg.net.lower.url == "nbd://10.0.0.1/archiso"
+    assert "OB_NET_IMAGE=/x/x86_64/airootfs.sfs" in to_shell(cfg).splitlines()
 
 
 def test_local_forms_stay_local() -> None:
@@ -86,11 +95,12 @@ def test_local_forms_stay_local() -> None:
 @pytest.mark.parametrize(
     ("cmdline", "words"),
     [
-        ("archiso_nbd_srv=10.0.0.1", "NBD is not supported"),
-        ("root=nbd:10.0.0.1:2000", "NBD is not supported"),
+        ("root=nbd:10.0.0.1", "is not nbd:SERVER:PORT"),
+        ("overlayboot.lower=nbd://s/x overlayboot.lower.lazy", "not nbd://"),
         ("nfsroot=/srv/tree", "is not SERVER:/path"),
         ("netboot=cifs", "netboot='cifs' is not supported"),
-        ("overlayboot.lower=https://s/x.squashfs overlayboot.lower.lazy", "http:// only"),
+        ("overlayboot.lower=nfs://s/x.squashfs overlayboot.lower.lazy", "https:// only"),
+        ("overlayboot.lower.ca=ca.pem", "is not a path"),
         ("overlayboot.lower=nfs://s/x ip=off", "ip=off"),
         ("overlayboot.lower.sha256=abc", "is not a sha256"),
         ("overlayboot.lower.cache=10", "not a size"),
@@ -115,6 +125,7 @@ def test_shell_export() -> None:
         "OB_NET_PREFIX=24", "OB_NET_GW=10.1.1.1", "OB_NET_DNS=10.1.1.1",
         "OB_NET_LOWER=http://b.test/i.squashfs", "OB_NET_HOST=b.test", "OB_NET_PORT=80",
         "OB_NET_LAZY=1", f"OB_NET_CACHE={16 << 20}", "OB_BREAK='network fetch'",
+        "OB_NET_CA=/etc/overlayboot/ca.pem",
     ):  # fmt: skip
         assert line in text.splitlines(), line
 
@@ -163,3 +174,14 @@ def test_chunk_cache_evicts_least_recent() -> None:
         cache.put_run(n, b"x")
     assert cache.slice(0, 1) is None and cache.slice(cache.capacity + 4, 1) == b"x"
     assert cache.cached_bytes == cache.capacity
+
+
+def test_persistence_on_the_server_is_an_nbd_export() -> None:
+    cfg = parse_cmdline("overlayboot.upper=nbd://10.0.0.1/upper-{mac}")
+    lines = to_shell(cfg).splitlines()
+    assert "OB_UPPER_KIND=nbd" in lines and "OB_NET=1" in lines
+    assert "OB_NET_UPPER='nbd://10.0.0.1/upper-{mac}'" in lines
+    assert "OB_NET_UPPER_HOST=10.0.0.1" in lines and "OB_NET_UPPER_PORT=10809" in lines
+    with pytest.raises(UsageError) as exc:
+        parse_cmdline("overlayboot.upper=nbd://10.0.0.1/")
+    assert "a persistence on the server is an NBD export" in exc.value.line()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from mkimage.cpio import read_cpio
 from overlayboot.cli import cli
 
 
@@ -66,3 +67,38 @@ def test_serve_without_a_build_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.exit_code == 2
     assert "filesystem.squashfs not found" in res.output and "Traceback" not in res.output
+
+
+def test_serve_over_https_sends_the_ca_as_a_second_initrd(tmp_path: Path) -> None:
+    image, kernel = built(tmp_path)
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text(f"{name}\n")
+    args = ["serve", str(image), "--kernel", str(kernel), "--address", "10.9.0.1",
+            "--interface", "br9", "--tls-cert", str(tmp_path / "cert.pem"),
+            "--tls-key", str(tmp_path / "key.pem"), "--ca", str(tmp_path / "ca.pem")]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    script = (image / "serve/www/boot.ipxe").read_text()
+    assert "initrd=initrd.img initrd=ca.cpio" in script
+    assert script.index("initrd http://10.9.0.1/initrd.img") < script.index(
+        "initrd http://10.9.0.1/ca.cpio"
+    )
+    assert "overlayboot.lower=https://10.9.0.1/image.squashfs overlayboot.lower.lazy" in script
+    members = {m.name: m for m in read_cpio(image / "serve/www/ca.cpio")}
+    assert members["etc/overlayboot/ca.pem"].data == b"ca.pem\n"
+    conf = (image / "serve/nginx.conf").read_text()
+    assert "listen 10.9.0.1:443 ssl;" in conf and f"ssl_certificate {tmp_path}/cert.pem;" in conf
+    # all three or none
+    res = CliRunner().invoke(cli, args[:-2])
+    assert res.exit_code == 2 and "needs all three" in res.output
+
+
+def test_serve_nbd_runs_qemu_nbd_too(tmp_path: Path) -> None:
+    image, kernel = built(tmp_path)
+    args = ["serve", str(image), "--kernel", str(kernel), "--address", "10.9.0.1",
+            "--interface", "br9", "--lower", "nbd"]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    assert "overlayboot.lower=nbd://10.9.0.1/image" in (image / "serve/www/boot.ipxe").read_text()
+    assert "qemu-nbd --read-only --persistent --shared=0" in res.output
+    assert f"{image}/serve/www/image.squashfs" in res.output
