@@ -145,7 +145,11 @@ async def build_top(overlay: Overlay, src: Source) -> bytes:
             busy = _open_upper_files(overlay) if src.upper is not None else set()
             await build_dir(overlay, src, tmp, busy, top=True)
         elif src.upper is not None:
-            await copy_upper_file(overlay, src.upper, tmp)
+            st = longpath.lstat(src.upper)
+            if stat.S_ISREG(st.st_mode):
+                await copy_upper_file(overlay, src.upper, tmp)
+            else:  # a symlink, fifo or device: made anew (opening it would follow it)
+                _copy_special(overlay.names, src.upper, tmp, st)
         else:
             lower = src.lower
             assert lower is not None

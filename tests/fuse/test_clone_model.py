@@ -334,8 +334,8 @@ def test_clones_behave_as_copies(lowers: list[Path], tmp_path: Path) -> None:
 # step by step as known failures until fixed (strict: each must still fail as described):
 # - seal-estale: after clones into clones of merged directories, `upper seal` leaves an
 #   upper kernel overlayfs reads with ESTALE (kmnt/p/n1/n0/n0);
-# - clone-eloop: `overlayboot clone t/n0 n2` of an upper file in a lower directory, after
-#   a chmod 0600 and a clone of another name, fails with ELOOP.
+# - clone-eloop (fixed, kept as a regression: `test_found_cases_now_pass`): a clone of an
+#   upper symlink (lower t/ln renamed to t/n0) opened the link and failed with ELOOP.
 START = [
     (0, "s", True),
     (0, "t", True),
@@ -371,7 +371,7 @@ KNOWN: dict[str, list[tuple[str, dict[str, object]]]] = {
         ("create", dict(buf=b"new data\n", d=1926, name="n1")),
         ("clone", dict(d=523, name="n0", src=306226)),
     ],
-    "clone-eloop": [
+    "upper-symlink": [
         ("remount", dict()),
         ("mkdir", dict(d=4208, name="n0")),
         ("remount", dict()),
@@ -393,10 +393,28 @@ KNOWN: dict[str, list[tuple[str, dict[str, object]]]] = {
         ("clone", dict(d=0, name="n2", src=11150)),
     ],
 }
+FIXED = {"upper-symlink": KNOWN.pop("upper-symlink")}
 KNOWN_ERRORS = {
     "seal-estale": "Stale file handle",
-    "clone-eloop": "Too many levels of symbolic links",
 }
+
+
+def _replay(machine: CloneModel, steps: list[tuple[str, dict[str, object]]]) -> None:
+    machine.start(entries=START)
+    machine.same_as_model()
+    for rule_name, kwargs in steps:
+        getattr(machine, rule_name)(**kwargs)
+        machine.same_as_model()
+    machine.teardown()
+
+
+@pytest.mark.parametrize("case", sorted(FIXED))
+def test_found_cases_now_pass(case: str, lowers: list[Path], tmp_path: Path) -> None:
+    machine = CloneModel(lowers, tmp_path / "run")
+    try:
+        _replay(machine, FIXED[case])
+    finally:
+        machine.umount()
 
 
 @pytest.mark.parametrize("case", sorted(KNOWN))
@@ -404,12 +422,7 @@ KNOWN_ERRORS = {
 def test_known_failing_cases(case: str, lowers: list[Path], tmp_path: Path) -> None:
     machine = CloneModel(lowers, tmp_path / "run")
     with pytest.raises((OSError, CloneError)) as failure:
-        machine.start(entries=START)
-        machine.same_as_model()
-        for rule_name, kwargs in KNOWN[case]:
-            getattr(machine, rule_name)(**kwargs)
-            machine.same_as_model()
-        machine.teardown()
+        _replay(machine, KNOWN[case])
     machine.umount()
     assert KNOWN_ERRORS[case] in str(failure.value)
     pytest.xfail(f"known clone bug {case}: {failure.value}")
