@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage.cachelock import cache_lock
+from mkimage.debs import download_and_extract
 from overlayboot.errors import OverlaybootError
 from overlayboot.run import run
 
@@ -93,17 +94,10 @@ def _unpack(pkg: str, root: Path, debs: Path) -> None:
     """``apt-get download`` the package into ``debs`` and unpack it at ``root``."""
     if root.exists():
         shutil.rmtree(root)
-    debs.mkdir(parents=True, exist_ok=True)
-    run(["apt-get", "download", pkg], cwd=debs)
-    deb = max(debs.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
-    tmp = root.with_name(root.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    run(["dpkg", "-x", deb, tmp])
+    tmp = download_and_extract(pkg, debs, root)
     versions = sorted(p.name for p in (tmp / "lib/modules").iterdir())
     if not versions:
-        raise KernelError(f"{deb.name} holds no modules directory")
+        raise KernelError(f"{pkg} holds no modules directory")
     run(["depmod", "-b", tmp, versions[-1]])
     tmp.rename(root)
 

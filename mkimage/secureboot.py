@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mkimage.cachelock import cache_lock
+from mkimage.debs import download_and_extract
 from overlayboot.errors import OverlaybootError, UsageError
 from overlayboot.run import run
 
@@ -126,15 +127,7 @@ def _unpack(pkg: str, version: str, cache: Path) -> Path:
     with cache_lock(cache, f"secureboot-{pkg}"):
         if (root / ".complete").exists():
             return root
-        debs = cache / "debs"
-        debs.mkdir(parents=True, exist_ok=True)
-        run(["apt-get", "download", f"{pkg}={version}"], cwd=debs)
-        deb = max(debs.glob(f"{pkg}_*.deb"), key=lambda p: p.stat().st_mtime)
-        tmp = root.with_name(root.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        run(["dpkg", "-x", deb, tmp])
+        tmp = download_and_extract(f"{pkg}={version}", cache / "debs", root)
         (tmp / ".complete").write_text(f"{pkg} {version}\n")
         if root.exists():
             shutil.rmtree(root)
