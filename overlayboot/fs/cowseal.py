@@ -48,19 +48,10 @@ def copy_attributes(
 
 def shared_files(upper: bytes, names: XattrNames) -> Iterator[tuple[bytes, os.stat_result]]:
     """(path, lstat) of every name of an upper regular file marked shared."""
-    stack = [upper]
-    while stack:
-        d = stack.pop()
-        with longpath.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for ent in entries:
-            path = d + b"/" + ent.name
-            if ent.is_dir(follow_symlinks=False):
-                stack.append(path)
-            elif ent.is_file(follow_symlinks=False):
-                st = longpath.lstat(path)
-                if st.st_nlink > 1 and getxattr(path, names.cow) is not None:
-                    yield path, st
+    for path in longpath.regular_files(upper):
+        st = longpath.lstat(path)
+        if st.st_nlink > 1 and getxattr(path, names.cow) is not None:
+            yield path, st
 
 
 def unshare_all(upper: bytes, spaces: Sequence[XattrNames]) -> int:
@@ -102,14 +93,6 @@ def _replace_with_copy(path: bytes, st: os.stat_result, names: XattrNames) -> No
 
 def _drop_marks(upper: bytes, names: XattrNames) -> None:
     """Remove the shared mark of the files that kept it (one name each now)."""
-    stack = [upper]
-    while stack:
-        d = stack.pop()
-        with longpath.scandir(d) as it:
-            entries = list(it)
-        for ent in entries:
-            path = d + b"/" + ent.name
-            if ent.is_dir(follow_symlinks=False):
-                stack.append(path)
-            elif ent.is_file(follow_symlinks=False) and getxattr(path, names.cow) is not None:
-                longpath.removexattr(path, names.cow)
+    for path in longpath.regular_files(upper):
+        if getxattr(path, names.cow) is not None:
+            longpath.removexattr(path, names.cow)

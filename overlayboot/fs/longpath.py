@@ -199,6 +199,23 @@ def scandir(path: bytes) -> Iterator[Iterator[os.DirEntry[bytes]]]:
         os.close(fd)
 
 
+def regular_files(top: bytes) -> Iterator[bytes]:
+    """The path of every regular file under directory ``top`` (symlinks not followed),
+    depth first, each directory's names in sorted order and listed whole before its files
+    are yielded (so a caller may replace the file it was given)."""
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        with scandir(d) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for ent in entries:
+            path = d + b"/" + ent.name  # not ent.path: a bare name past LIMIT
+            if ent.is_dir(follow_symlinks=False):
+                stack.append(path)
+            elif ent.is_file(follow_symlinks=False):
+                yield path
+
+
 class _BytesEntry:
     """A DirEntry of an fd scan (str names) seen with a bytes name, as path scans give."""
 

@@ -39,25 +39,16 @@ def namespaces() -> list[XattrNames]:
 
 def partial_files(upper: bytes, spaces: Sequence[XattrNames]) -> Iterator[tuple[bytes, str]]:
     """(path, xattr name) of every regular file of ``upper`` that has a chunk map."""
-    stack = [upper]
-    while stack:
-        d = stack.pop()
-        with longpath.scandir(d) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for ent in entries:
-            path = d + b"/" + ent.name  # not ent.path: a bare name past PATH_MAX
-            if ent.is_dir(follow_symlinks=False):
-                stack.append(path)
-            elif ent.is_file(follow_symlinks=False):
-                for ns in spaces:
-                    try:
-                        longpath.getxattr(path, ns.chunks)
-                    except OSError as exc:
-                        if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
-                            continue
-                        raise
-                    yield path, ns.chunks
-                    break
+    for path in longpath.regular_files(upper):
+        for ns in spaces:
+            try:
+                longpath.getxattr(path, ns.chunks)
+            except OSError as exc:
+                if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM):
+                    continue
+                raise
+            yield path, ns.chunks
+            break
 
 
 def lower_path(cmap: ChunkMap, lowers: Sequence[bytes] | None) -> bytes | None:
