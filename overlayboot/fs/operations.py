@@ -509,7 +509,7 @@ class OverlayOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EBADF)
             return listing
         listing = self.listings.pop(fh, None)
-        if listing is None:
+        if listing is None or self.overlay.table.get(fh) is not listing.node:
             node = self.overlay.node(fh)
             if not node.is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
