@@ -151,7 +151,8 @@ def test_clone_of_a_large_lower_file_costs_a_chunk_per_write(ovl_factory: OvlFac
 
 
 def _make_upper_changes(o: Ovl) -> None:
-    """The source `dir` becomes merged: new, changed, deleted and renamed entries."""
+    """The source `dir` becomes merged: new, changed, deleted and renamed entries, and
+    two names of one upper file."""
     with open(o.m("dir/new.txt"), "w") as f:
         f.write("new in upper\n")
     with open(o.m("dir/a1.txt"), "a") as f:
@@ -163,6 +164,18 @@ def _make_upper_changes(o: Ovl) -> None:
         f.write(os.urandom(200_000))
     os.symlink("new.txt", o.m("dir/ln"))
     os.setxattr(o.m("dir/new.txt"), "user.k", b"v")
+    os.link(o.m("dir/new.txt"), o.m("dir/fresh/hl"))  # hard links inside the source
+
+
+def _check_hard_links(o: Ovl) -> None:
+    """Each clone keeps the source's two names of one file as two names of one file of
+    its own (``cp -a`` keeps hard links among what it copies)."""
+    inos = {}
+    for name in ("dir", "c1", "c2"):
+        a, b = os.stat(o.m(f"{name}/new.txt")), os.stat(o.m(f"{name}/fresh/hl"))
+        assert a.st_ino == b.st_ino and a.st_nlink == 2, name
+        inos[name] = a.st_ino
+    assert len(set(inos.values())) == 3, inos
 
 
 def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> None:
@@ -177,10 +190,13 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     assert os.stat(ovl.m("c1/fresh/deeper/f")).st_nlink == 1  # a copy, not a hard link
     # a clone of the clone, then changes everywhere
     clone(ovl.m("c1"), ovl.m("c2"))
+    _check_hard_links(ovl)
     with open(ovl.m("dir/fresh/deeper/f"), "r+b") as f:
         f.write(b"SOURCE")
     with open(ovl.m("c1/new.txt"), "a") as f:
         f.write("c1\n")
+    assert _read(ovl.m("c1/fresh/hl")) == "new in upper\nc1\n"
+    assert _read(ovl.m("c2/fresh/hl")) == _read(ovl.m("dir/fresh/hl")) == "new in upper\n"
     os.chmod(ovl.m("c2/fresh/deeper/f"), 0o600)
     os.setxattr(ovl.m("c2/new.txt"), "user.k", b"c2")
     os.unlink(ovl.m("c2/a1.txt"))
@@ -195,6 +211,7 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     ovl.remount()
     for name, want in views.items():
         assert view(ovl.m(name)) == want, name
+    _check_hard_links(ovl)
     # after the remount the shared files still change apart
     with open(ovl.m("c1/ln"), "a") as f:  # through the symlink: c1/new.txt
         f.write("again\n")
