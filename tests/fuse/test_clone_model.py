@@ -4,8 +4,8 @@ a real ``cp -a`` made at its moment.
 Two lower layers with merged directories (a fixed tree plus random entries); hypothesis
 picks clones (of lower, upper and
 merged directories and files, into the clones themselves, clones of clones) and changes
-on both sides (writes, truncates, new files and directories, unlinks, renames in a
-directory, chmod), with remounts among them. After every step the whole overlay must
+on both sides (writes, truncates, new files and directories, hard links, unlinks,
+renames in a directory, chmod), with remounts among them. After every step the whole overlay must
 equal the model (type, mode, content); at the end after a remount, and after ``upper
 seal`` under kernel overlayfs too. OVERLAYBOOT_CLONE_EXAMPLES / _STEPS size the run.
 """
@@ -141,6 +141,8 @@ class CloneModel(RuleBasedStateMachine):
         self.upper, self.work, self.mnt = base / "upper", base / "work", base / "mnt"
         self.stack: contextlib.ExitStack | None = None
         self.model: dict[str, Entry] = {}
+        self.links: dict[str, int] = {}  # path -> its hard link group (linked files only)
+        self.groups = itertools.count()
 
     @initialize(entries=extra_entries)
     def start(self, entries: list[tuple[int, str, bool]]) -> None:
@@ -177,6 +179,15 @@ class CloneModel(RuleBasedStateMachine):
         parent = self.pick_dir(d)
         return name if parent == "." else f"{parent}/{name}"
 
+    def names_of(self, path: str) -> list[str]:
+        """``path`` and its hard links."""
+        group = self.links.get(path)
+        return [path] if group is None else [k for k, g in self.links.items() if g == group]
+
+    def set_file(self, path: str, entry: Entry) -> None:
+        for name in self.names_of(path):
+            self.model[name] = entry
+
     # -- rules ---------------------------------------------------------------
     @rule(src=index, d=index, name=names)
     def clone(self, src: int, d: int, name: str) -> None:
@@ -195,6 +206,12 @@ class CloneModel(RuleBasedStateMachine):
             if k.startswith(prefix):
                 copied[dst + "/" + k[len(prefix) :]] = v
         self.model.update(copied)
+        # cp -a keeps hard links among what it copies, as new groups of their own
+        renumber: dict[int, int] = {}
+        for k in [s, *(k for k in list(self.links) if k.startswith(prefix))]:
+            if k in self.links:
+                group = renumber.setdefault(self.links[k], next(self.groups))
+                self.links[dst + k[len(s) :]] = group
 
     @rule(f=index, offset=offsets, buf=data)
     def write(self, f: int, offset: int, buf: bytes) -> None:
@@ -211,7 +228,7 @@ class CloneModel(RuleBasedStateMachine):
         if buf:
             old = old.ljust(offset, b"\0")
             old = old[:offset] + buf + old[offset + len(buf) :]
-        self.model[path] = ("f", mode, old)
+        self.set_file(path, ("f", mode, old))
 
     @rule(f=index, size=st.sampled_from([0, 1, 100, 9000]))
     def truncate(self, f: int, size: int) -> None:
@@ -221,7 +238,7 @@ class CloneModel(RuleBasedStateMachine):
         os.truncate(self.m(path), size)
         _, mode, old = self.model[path]
         assert isinstance(old, bytes)
-        self.model[path] = ("f", mode, old[:size].ljust(size, b"\0"))
+        self.set_file(path, ("f", mode, old[:size].ljust(size, b"\0")))
 
     @rule(d=index, name=names, buf=data)
     def create(self, d: int, name: str, buf: bytes) -> None:
@@ -247,6 +264,23 @@ class CloneModel(RuleBasedStateMachine):
             return
         os.unlink(self.m(path))
         del self.model[path]
+        self.links.pop(path, None)
+
+    @rule(f=index, d=index, name=names)
+    def link(self, f: int, d: int, name: str) -> None:
+        path = self.pick(f, "f")
+        if path is None:
+            return
+        new = self.new_path(d, name)
+        if new in self.model:
+            return
+        try:
+            os.link(self.m(path), self.m(new))
+        except OSError as exc:
+            assert exc.errno == errno.EXDEV  # into or out of a clone
+            return
+        self.links[new] = self.links.setdefault(path, next(self.groups))
+        self.model[new] = self.model[path]
 
     @rule(f=index, name=names)
     def rename_in_dir(self, f: int, name: str) -> None:
@@ -266,6 +300,8 @@ class CloneModel(RuleBasedStateMachine):
         for k in list(self.model):
             if k == path or k.startswith(path + "/"):
                 moved[new + k[len(path) :]] = self.model.pop(k)
+                if k in self.links:
+                    self.links[new + k[len(path) :]] = self.links.pop(k)
         self.model.update(moved)
 
     @rule(f=index, mode=st.sampled_from([0o600, 0o755, 0o640]))
@@ -275,7 +311,7 @@ class CloneModel(RuleBasedStateMachine):
             return
         os.chmod(self.m(path), mode)
         _, _, old = self.model[path]
-        self.model[path] = ("f", mode, old)
+        self.set_file(path, ("f", mode, old))
 
     @rule()
     def remount(self) -> None:
@@ -288,6 +324,15 @@ class CloneModel(RuleBasedStateMachine):
     def same_as_model(self) -> None:
         if self.stack is not None:
             assert read_tree(self.mnt) == self.model
+            self.same_links(self.mnt)
+
+    def same_links(self, root: Path) -> None:
+        """Each hard link group is one file, and two groups are two files."""
+        inos: dict[int, set[int]] = {}
+        for path, group in self.links.items():
+            inos.setdefault(group, set()).add(os.lstat(root / path).st_ino)
+        assert all(len(v) == 1 for v in inos.values()), inos
+        assert len({min(v) for v in inos.values()}) == len(inos), inos
 
     def teardown(self) -> None:
         try:
@@ -303,6 +348,7 @@ class CloneModel(RuleBasedStateMachine):
             assert r.returncode == 0, r.stderr
             if have_kernel_overlay():
                 assert kernel_view(self.lowers, self.upper, self.base) == self.model
+            self.same_links(self.upper)
         finally:
             self.umount()
 
