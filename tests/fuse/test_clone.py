@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -218,6 +219,44 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     assert _read(ovl.m("c2/new.txt")) == "new in upper\n"
     views["c1"] = view(ovl.m("c1"))
     _seal_and_compare(ovl, views)
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL in its xattr form (version 2; tag, permissions, id)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ANY = 0xFFFFFFFF
+# user::rw-, user:1000:r--, group::r--, mask::r--, other::---
+ACL = _acl((1, 6, ANY), (2, 4, 1000), (4, 4, ANY), (0x10, 4, ANY), (0x20, 0, ANY))
+
+
+def test_clones_keep_acls(ovl_factory: OvlFactory) -> None:
+    """POSIX ACLs (access and default) come along, as with ``cp -a``: lower and upper
+    sources, and after ``upper seal`` under kernel overlayfs."""
+
+    def prepare(o: Ovl) -> None:
+        (o.lower1 / "acl").mkdir()
+        (o.lower1 / "acl/f").write_bytes(b"acl\n")
+        os.setxattr(o.lower1 / "acl/f", "system.posix_acl_access", ACL)
+        os.setxattr(o.lower1 / "acl", "system.posix_acl_default", ACL)
+
+    o = ovl_factory(standard=False, prepare=prepare)
+    with open(o.m("acl/up"), "w") as f:
+        f.write("upper\n")
+    os.setxattr(o.m("acl/up"), "system.posix_acl_access", ACL)
+    clone(o.m("acl"), o.m("c"))
+    clone(o.m("acl/f"), o.m("f2"))
+    clone(o.m("acl/up"), o.m("up2"))
+    src = view(o.m("acl"))
+    assert src["f"][6] == [("system.posix_acl_access", ACL)]
+    assert src["up"][6] == [("system.posix_acl_access", ACL)]
+    assert src["."][6] == [("system.posix_acl_default", ACL)]
+    assert view(o.m("c")) == src
+    assert view(o.m("f2"))["."] == src["f"]
+    assert view(o.m("up2"))["."] == src["up"]
+    views = {name: view(o.m(name)) for name in ("acl", "c", "f2", "up2")}
+    _seal_and_compare(o, views)
 
 
 def test_clones_of_files_and_errors(ovl: Ovl) -> None:
