@@ -21,7 +21,8 @@ from overlayboot.fs import longpath
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.cowseal import copy_attributes
 from overlayboot.fs.datacopy import copy_data
-from overlayboot.fs.inodes import Node
+from overlayboot.fs.inodes import Node, clone_ino
+from overlayboot.fs.lookup import Resolved
 from overlayboot.fs.whiteout import XattrNames, getxattr
 
 THREAD_COPY_MIN = 1 << 20
@@ -80,6 +81,18 @@ async def unshare_file(overlay: Overlay, node: Node, *, data: bool = True) -> No
         longpath.unlink(tmp)
         raise
     longpath.utime(parent, (times.st_atime_ns, times.st_mtime_ns))
+    _keep_number(overlay, node, path)
+
+
+def _keep_number(overlay: Overlay, node: Node, path: bytes) -> None:
+    """The name's new upper inode keeps the node's number for the daemon's life: a later
+    lookup of it (a hard link made now, say) must find the same node. (A file born in
+    the upper takes its number from its upper inode: after a remount, the new one's.)"""
+    ino = overlay.ino_of(Resolved(False, longpath.lstat(path), ()), path)
+    if node.clone:
+        ino = clone_ino(node.clone, ino)
+    if ino != node.ino:
+        overlay.table.overrides[ino] = node.ino
 
 
 async def own_copy(overlay: Overlay, src: bytes, *, data: bool = True) -> bytes:

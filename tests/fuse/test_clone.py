@@ -221,6 +221,33 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     _seal_and_compare(ovl, views)
 
 
+def test_hard_links_to_unshared_files_are_one_file(ovl: Ovl) -> None:
+    """A name of a shared file gets a new upper inode at its first change; a hard link
+    made to it then (here in another directory) is the same file, one inode number, in
+    listings too, before and after a remount."""
+    os.makedirs(ovl.m("hl/sub"))
+    with open(ovl.m("hl/f"), "w") as f:
+        f.write("f\n")
+    clone(ovl.m("hl"), ovl.m("hl2"))
+    clone(ovl.m("hl"), ovl.m("hl3"))
+    with open(ovl.m("hl2/f"), "a") as f:  # the clone's name first: a change, then a link
+        f.write("hl2\n")
+    os.link(ovl.m("hl2/f"), ovl.m("hl2/sub/g"))
+    os.link(ovl.m("hl/f"), ovl.m("hl/sub/g"))  # the source's: the link is the change
+    for remounted in (False, True):
+        if remounted:
+            ovl.remount()
+        for d, text in (("hl", "f\n"), ("hl2", "f\nhl2\n")):
+            listed = {e.name: e.stat().st_ino for e in os.scandir(ovl.m(f"{d}/sub"))}
+            a, b = os.stat(ovl.m(f"{d}/f")), os.stat(ovl.m(f"{d}/sub/g"))
+            assert a.st_ino == b.st_ino and a.st_nlink == 2, (d, remounted)
+            assert listed == {"g": a.st_ino}, (d, remounted)
+            assert _read(ovl.m(f"{d}/sub/g")) == text
+        numbers = {os.stat(ovl.m(f"{d}/f")).st_ino for d in ("hl", "hl2", "hl3")}
+        assert len(numbers) == 3
+        assert _read(ovl.m("hl3/f")) == "f\n"
+
+
 def _acl(*entries: tuple[int, int, int]) -> bytes:
     """A POSIX ACL in its xattr form (version 2; tag, permissions, id)."""
     return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)

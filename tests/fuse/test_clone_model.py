@@ -7,7 +7,8 @@ merged directories and files, into the clones themselves, clones of clones) and 
 on both sides (writes, truncates, new files and directories, hard links, unlinks,
 renames in a directory, chmod), with remounts among them. After every step the whole overlay must
 equal the model (type, mode, content); at the end after a remount, and after ``upper
-seal`` under kernel overlayfs too. OVERLAYBOOT_CLONE_EXAMPLES / _STEPS size the run.
+seal`` under kernel overlayfs too. OVERLAYBOOT_CLONE_EXAMPLES / _STEPS size the run,
+OVERLAYBOOT_CLONE_RANDOM=1 explores, OVERLAYBOOT_CLONE_NOSHRINK=1 skips shrinking.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -372,6 +373,10 @@ def test_clones_behave_as_copies(lowers: list[Path], tmp_path: Path) -> None:
             # OVERLAYBOOT_CLONE_RANDOM=1 explores (for development).
             derandomize=os.environ.get("OVERLAYBOOT_CLONE_RANDOM") != "1",
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+            # OVERLAYBOOT_CLONE_NOSHRINK=1: report a failing example as found (fast)
+            phases=[Phase.explicit, Phase.reuse, Phase.generate]
+            if os.environ.get("OVERLAYBOOT_CLONE_NOSHRINK") == "1"
+            else list(Phase),
         ),
     )
 
