@@ -391,7 +391,11 @@ def test_clones_behave_as_copies(lowers: list[Path], tmp_path: Path) -> None:
 # - hardlink-unshared (random run, 2026-12-07): a hard link (t/s/n0) made to a shared
 #   upper file (q/n0, shared with its clone s/n2/n0) gave that name a copy of its own,
 #   and a listing of t/s then showed the new name with another inode number than q/n0
-#   (the copy's upper inode; the node kept the shared one's). cow now keeps the number.
+#   (the copy's upper inode; the node kept the shared one's). cow now keeps the number;
+# - number-reused (random run, 2026-12-07, after that fix): the source's name of a shared
+#   file got a copy at a hard link (s/s/t/n2 -> s/s/n1), the clone's name was unlinked
+#   later, and a new file (t/s/n2) got the freed upper inode, so its number, and showed the
+#   first file's node. The old number now leads to a new node once its name moved on.
 Start = tuple[int, str, bool]
 START: list[Start] = [
     (0, "s", True),
@@ -497,9 +501,52 @@ FOUND: dict[str, list[tuple[str, dict[str, object]]]] = {
         ("rename_in_dir", dict(f=129, name="n0")),
         ("link", dict(d=38524, f=358, name="n0")),
     ],
+    "number-reused": [
+        ("clone", dict(d=1532, name="n1", src=1533)),
+        ("truncate", dict(f=357, size=9000)),
+        ("remount", dict()),
+        ("link", dict(d=2048, f=70929, name="n1")),
+        ("remount", dict()),
+        ("link", dict(d=174, f=10486, name="n1")),
+        ("truncate", dict(f=164452, size=9000)),
+        ("chmod", dict(f=654, mode=416)),
+        ("clone", dict(d=866156, name="n2", src=8102)),
+        ("write", dict(buf=b"\x01" * 5000, f=611, offset=0)),
+        ("rename_in_dir", dict(f=1184, name="n0")),
+        ("unlink", dict(f=99)),
+        ("unlink", dict(f=7150)),
+        ("create", dict(buf=b"", d=344, name="n2")),
+        ("clone", dict(d=1052, name="n1", src=928)),
+        ("create", dict(buf=b"z", d=754, name="n2")),
+        ("chmod", dict(f=426, mode=416)),
+        ("clone", dict(d=646890, name="n2", src=17932)),
+        ("unlink", dict(f=446)),
+        ("link", dict(d=6170, f=99, name="n1")),
+        ("rename_in_dir", dict(f=4096, name="n0")),
+        ("write", dict(buf=b"z", f=788, offset=4096)),
+        ("mkdir", dict(d=7113, name="n0")),
+        ("write", dict(buf=b"", f=1024, offset=0)),
+        ("create", dict(buf=b"new data\n", d=728613, name="n1")),
+        ("write", dict(buf=b"z", f=23524, offset=3)),
+        ("chmod", dict(f=69724, mode=493)),
+        ("write", dict(buf=b"z", f=24676, offset=0)),
+        ("write", dict(buf=b"\x01" * 5000, f=181, offset=4096)),
+        ("write", dict(buf=b"\x01" * 5000, f=1, offset=3)),
+        ("create", dict(buf=b"new data\n", d=242703, name="n1")),
+        ("link", dict(d=82997, f=327, name="n1")),
+        ("clone", dict(d=112984, name="n1", src=375)),
+        ("chmod", dict(f=164591, mode=493)),
+        ("unlink", dict(f=17369)),
+        ("link", dict(d=9795, f=2578, name="n1")),
+        ("link", dict(d=88, f=55018, name="n2")),
+        ("link", dict(d=369, f=97861, name="n1")),
+        ("unlink", dict(f=4063)),
+        ("create", dict(buf=b"", d=13, name="n2")),
+    ],
 }
 # the lower entries a case starts with, where not START
 STARTS = {
+    "number-reused": [(1, "s/s/t", True), (0, "s", True), (0, "q/t/p", True)],
     "hardlink-unshared": [(0, "s/t/t", False), (0, "t", False), (0, "q/t/t", True), (0, "p", True)],
 }
 
