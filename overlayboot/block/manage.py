@@ -19,7 +19,7 @@ from overlayboot.block.format import (
     pack_super,
 )
 from overlayboot.block.identity import identify
-from overlayboot.block.store import Store, lock, open_base, read_super
+from overlayboot.block.store import RESERVE, Store, lock, open_base, read_super
 from overlayboot.errors import BlockError
 
 DEFAULT_CHUNK = 64 << 10
@@ -87,9 +87,11 @@ def create(
     if ident.size == 0:
         raise BlockError(f"the base {base} is empty")
     pages, data = layout(ident.size, shift)
-    if max_size and max_size < data + chunk_size:
+    if max_size and max_size < data + (RESERVE + 1) * chunk_size:
         raise BlockError(
-            f"--max-size {max_size} leaves no room for data (the index alone takes {data} bytes)"
+            f"--max-size {max_size} leaves no room for data (the index takes {data} bytes, "
+            f"and {RESERVE} chunk is kept for rewrites)",
+            f"give at least {data + (RESERVE + 1) * chunk_size} bytes",
         )
     sb = Super(
         chunk_shift=shift,
