@@ -146,6 +146,7 @@ class Info:
     mapped: int  # chunks that differ from the base (as of the last commit)
     file_size: int
     disk_bytes: int
+    stored: int = 0  # of them, chunks whose data is in the store (the others: discarded)
 
     def lines(self) -> list[str]:
         sb = self.sb
@@ -156,6 +157,8 @@ class Info:
             f"state: {sb.state.name.lower()}",
             f"changed: {self.mapped} chunks, {self.mapped * sb.chunk_size} bytes "
             f"({100 * self.mapped / max(sb.chunks, 1):.1f} %)",
+            f"in the store: {self.stored} chunks' data, {self.mapped - self.stored} discarded "
+            "(read as zeros)",
             f"store: {self.file_size} bytes ({self.disk_bytes} on disk), "
             f"max size {sb.max_size or 'none'}",
         ]
@@ -172,7 +175,8 @@ def info(path: Path) -> Info:
         sb = read_super(fd, path)
         index = Index.load(fd, sb, verifier(fd, sb))
         st = os.fstat(fd)
-        return Info(sb, index.mapped, st.st_size, st.st_blocks * 512)
+        stored = len(index.used_slots())
+        return Info(sb, index.mapped, st.st_size, st.st_blocks * 512, stored)
     finally:
         os.close(fd)
 

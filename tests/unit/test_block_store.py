@@ -334,6 +334,9 @@ def test_discards_read_zeros_free_their_slots_and_survive_reopen_and_crash(
     zeros = sum(st.index.is_zero(c) for c in range(st.sb.chunks))
     assert zeros > 0 and used + zeros <= st.index.mapped
     st.close()
+    info = manage.info(path)  # what block info shows: chunks with data, discarded ones
+    assert (info.stored, info.mapped - info.stored) == (used, zeros)
+    assert f"in the store: {used} chunks' data, {zeros} discarded (read as zeros)" in info.lines()
     st = Store.open(path, base[0], writable=True)
     assert st.read(0, len(model)) == model  # after reopen: the zero entries are on disk
     flushed = bytes(model)
