@@ -15,7 +15,6 @@ disk that the index names.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import logging
@@ -290,8 +289,6 @@ class Store:
         while moved:
             run = _consecutive(moved)
             _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
-            if os.environ.get("OB_SFR"):
-                _start_writeback(self.fd, self._at(run[0][1]), len(run) * self.sb.chunk_size)
             for chunk, slot, whole in run:
                 self._map(chunk, slot, zlib.crc32(whole))
             del moved[: len(run)]
@@ -410,17 +407,6 @@ class Store:
         """Close without a commit (the store stays dirty: what a crash leaves)."""
         os.close(self.fd)
         os.close(self.base_fd)
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing ``length`` bytes at ``offset`` to the disk now
-    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``: it does not wait), so that the next
-    ``fdatasync`` finds them written or on their way."""
-    _LIBC.sync_file_range(fd, ctypes.c_int64(offset), ctypes.c_int64(length), _SYNC_FILE_RANGE_WRITE)
 
 
 def _pread_full(fd: int, offset: int, length: int) -> bytes:
