@@ -10,7 +10,8 @@ block (the last durable commit) and syncs data and pages at once. After a crash,
 the unfinished commit counts only if the data it names matches its CRCs, so every chunk
 reads as of a flush, wholly, and the store opens as it is: no repair step.
 A write that finds the store or its disk full fails (``ENOSPC``) and changes nothing on
-disk that the index names.
+disk that the index names; in a store with a maximum size, a rewrite of a chunk it holds
+does not fail (``RESERVE``, and a commit that frees the slots earlier rewrites left).
 """
 
 from __future__ import annotations
