@@ -6,7 +6,8 @@ the base's and the store's caches are dropped per file before a cold read), on a
 made fresh for each repetition: 4 KiB random writes with an fsync after each (new chunks:
 copy-on-write of the base), the same offsets written again (chunks already in the
 overlay), the store's growth after them, a cold sequential read of the whole device, and a
-sequential write of it with a final fsync. The order of the devices turns with each
+sequential write of it with a final fsync; and the CPU time its daemon used for all of
+it. The order of the devices turns with each
 repetition. Medians of the repetitions; JSON in bench/results/block-*.json.
 """
 
@@ -81,6 +82,7 @@ def one_run(target: Target, size: int, offsets: list[int]) -> dict[str, float]:
         target.cold()
         out["seqread_mbs"] = seq_read(dev, size)
         out["seqwrite_mbs"] = seq_write(dev, size)
+        out["daemon_cpu_s"] = target.daemon_cpu()
         return out
     finally:
         target.teardown()
@@ -93,6 +95,7 @@ FIGURES: dict[str, tuple[str, Callable[[float, float], float]]] = {
     "randwrite_new_ms": ("4 KiB random write + fsync, new chunks (ms)", lambda o, t: o / t),
     "randwrite_again_ms": ("4 KiB random write + fsync, again (ms)", lambda o, t: o / t),
     "growth_mib": ("growth after the random writes (MiB)", lambda o, t: o / t if t else 0.0),
+    "daemon_cpu_s": ("daemon CPU time over the run (s)", lambda o, t: o / t if t else 0.0),
 }
 
 

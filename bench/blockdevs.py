@@ -20,6 +20,7 @@ from pathlib import Path
 
 from overlayboot import mounttable
 from overlayboot.block import attach, loop, manage
+from overlayboot.fuseserve import pid_file
 from overlayboot.run import run, spawn
 
 CHUNK = 64 << 10  # overlayboot's chunk = qcow2's default cluster
@@ -27,6 +28,12 @@ CHUNK = 64 << 10  # overlayboot's chunk = qcow2's default cluster
 
 def disk_bytes(path: Path) -> int:
     return os.stat(path).st_blocks * 512
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def forget_cache(path: Path) -> None:
@@ -66,6 +73,10 @@ class Target:
         for f in [self.base, *self.files]:
             forget_cache(f)
 
+    def daemon_cpu(self) -> float:
+        """CPU seconds its daemon has used since it started (0: no daemon, the kernel's)."""
+        return 0.0
+
 
 class Overlayboot(Target):
     def writable(self) -> Path:
@@ -80,6 +91,10 @@ class Overlayboot(Target):
 
     def teardown(self) -> None:
         attach.detach(Path(self.dev))
+
+    def daemon_cpu(self) -> float:
+        mnt = Path(loop.backing_file(self.dev) or "").parent
+        return cpu_seconds(int(pid_file(mnt).read_text().strip()))
 
 
 class QsdQcow2(Target):
@@ -113,6 +128,10 @@ class QsdQcow2(Target):
             time.sleep(0.05)
         self.dev = loop.attach(exp)
         return self.dev
+
+    def daemon_cpu(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
 
     def teardown(self) -> None:
         loop.detach(self.dev)

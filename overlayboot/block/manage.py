@@ -19,7 +19,7 @@ from overlayboot.block.format import (
     pack_super,
 )
 from overlayboot.block.identity import identify
-from overlayboot.block.store import Store, lock, open_base, read_super
+from overlayboot.block.store import RESERVE, Store, lock, open_base, read_super
 from overlayboot.errors import BlockError
 
 DEFAULT_CHUNK = 64 << 10
@@ -87,9 +87,11 @@ def create(
     if ident.size == 0:
         raise BlockError(f"the base {base} is empty")
     pages, data = layout(ident.size, shift)
-    if max_size and max_size < data + chunk_size:
+    if max_size and max_size < data + (RESERVE + 1) * chunk_size:
         raise BlockError(
-            f"--max-size {max_size} leaves no room for data (the index alone takes {data} bytes)"
+            f"--max-size {max_size} leaves no room for data (the index takes {data} bytes, "
+            f"and {RESERVE} chunk is kept for rewrites)",
+            f"give at least {data + (RESERVE + 1) * chunk_size} bytes",
         )
     sb = Super(
         chunk_shift=shift,
@@ -144,6 +146,7 @@ class Info:
     mapped: int  # chunks that differ from the base (as of the last commit)
     file_size: int
     disk_bytes: int
+    stored: int = 0  # of them, chunks whose data is in the store (the others: discarded)
 
     def lines(self) -> list[str]:
         sb = self.sb
@@ -154,6 +157,8 @@ class Info:
             f"state: {sb.state.name.lower()}",
             f"changed: {self.mapped} chunks, {self.mapped * sb.chunk_size} bytes "
             f"({100 * self.mapped / max(sb.chunks, 1):.1f} %)",
+            f"in the store: {self.stored} chunks' data, {self.mapped - self.stored} discarded "
+            "(read as zeros)",
             f"store: {self.file_size} bytes ({self.disk_bytes} on disk), "
             f"max size {sb.max_size or 'none'}",
         ]
@@ -170,7 +175,8 @@ def info(path: Path) -> Info:
         sb = read_super(fd, path)
         index = Index.load(fd, sb, verifier(fd, sb))
         st = os.fstat(fd)
-        return Info(sb, index.mapped, st.st_size, st.st_blocks * 512)
+        stored = len(index.used_slots())
+        return Info(sb, index.mapped, st.st_size, st.st_blocks * 512, stored)
     finally:
         os.close(fd)
 

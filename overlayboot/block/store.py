@@ -10,7 +10,8 @@ block (the last durable commit) and syncs data and pages at once. After a crash,
 the unfinished commit counts only if the data it names matches its CRCs, so every chunk
 reads as of a flush, wholly, and the store opens as it is: no repair step.
 A write that finds the store or its disk full fails (``ENOSPC``) and changes nothing on
-disk that the index names.
+disk that the index names; in a store with a maximum size, a rewrite of a chunk it holds
+does not fail (``RESERVE``, and a commit that frees the slots earlier rewrites left).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ and most commits write only data and index pages."""
 
 ZEROS = -1
 """The source of a chunk that reads as zeros (a discarded one): no file."""
+
+RESERVE = 1
+"""Slots of a store with a maximum size that only rewrites of chunks it holds may take: a
+rewrite needs a slot before it can leave its old one (free after the next commit)."""
 
 PREFETCH = 8 << 20
 """How far ahead of a sequential reader the base is read (``posix_fadvise`` WILLNEED)."""
@@ -271,18 +276,23 @@ class Store:
                     _pwrite_full(self.fd, part, self.sb.slot_offset(slot) + piece.start)
                     self.stale.add(piece.chunk)
                 else:
-                    moved.append((piece.chunk, self._take_slot(), self._new_version(piece, part)))
-            while moved:
-                run = _consecutive(moved)
-                _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
-                for chunk, slot, whole in run:
-                    self._map(chunk, slot, zlib.crc32(whole))
-                del moved[: len(run)]
+                    slot = self._slot_for(piece.chunk, moved)
+                    moved.append((piece.chunk, slot, self._new_version(piece, part)))
+            self._write_moved(moved)
         except BaseException:
             for _, slot, _ in reversed(moved):
                 self.slots.give_back(slot)
             raise
         return len(data)
+
+    def _write_moved(self, moved: list[tuple[int, int, Buffer]]) -> None:
+        """Write the new versions in ``moved`` to their slots, map them, empty ``moved``."""
+        while moved:
+            run = _consecutive(moved)
+            _pwritev_full(self.fd, [whole for _, _, whole in run], self._at(run[0][1]))
+            for chunk, slot, whole in run:
+                self._map(chunk, slot, zlib.crc32(whole))
+            del moved[: len(run)]
 
     def discard(self, offset: int, length: int) -> None:
         """The view reads zeros at ``offset`` from now on (``fallocate`` punch-hole or
@@ -308,11 +318,33 @@ class Store:
     def _at(self, slot: int) -> int:
         return self.sb.slot_offset(slot)
 
-    def _take_slot(self) -> int:
-        slot = self.slots.take()
-        if self.sb.max_size and self._at(slot) + self.sb.chunk_size > self.sb.max_size:
-            self.slots.give_back(slot)
+    def _slot_for(self, chunk: int, moved: list[tuple[int, int, Buffer]]) -> int:
+        """A slot for the chunk's new version. A full store (``max_size``) refuses a new
+        chunk (ENOSPC) but not a rewrite of one it holds: that takes the slot kept free for
+        rewrites (``RESERVE``), or commits first (what is in ``moved`` too) so that the
+        slots earlier rewrites left are free again."""
+        rewrite = self.index.slot(chunk) is not None
+        slot = self._take_slot(rewrite)
+        if slot is None and rewrite and (moved or self.slots.pending):
+            self._write_moved(moved)
+            self.flush()
+            slot = self._take_slot(rewrite)
+        if slot is None:
             raise OSError(errno.ENOSPC, "the block store is full (its maximum size)")
+        return slot
+
+    def _take_slot(self, rewrite: bool) -> int | None:
+        """A free slot within ``max_size`` (for a new chunk: leaving ``RESERVE`` slots to
+        rewrites); None: none."""
+        if not self.sb.max_size:
+            return self.slots.take()
+        room = (self.sb.max_size - self.sb.data_offset) >> self.sb.chunk_shift
+        if not rewrite and self.slots.in_use + RESERVE >= room:
+            return None
+        slot = self.slots.take()
+        if slot >= room:
+            self.slots.give_back(slot)
+            return None
         return slot
 
     def _new_version(self, piece: Piece, part: memoryview) -> Buffer:

@@ -7,7 +7,8 @@ boot the same image in the file-level mode (FUSE overlay, the ext4 image as lowe
 another image with the same partition: the store is refused with the ERROR: line.
 Another, two boots: the store in RAM (no persistence partition), with overlayboot.toram
 (the image copied to RAM, the medium let go) and overlayboot.block.chunk=16K: writes work,
-the store has 16 KiB chunks; the next boot has none of the changes.
+the store has 16 KiB chunks; fstrim in the guest frees the chunks of a deleted file in the
+store (``block info`` in the guest); the next boot has none of the changes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
 from mkimage.rootfs import ROOT_MARKER, build_busybox_root
 from overlayboot.block import manage
-from tests.qemu.live import booted, failed_boot
+from overlayboot.block.device import DISCARD
+from tests.qemu.live import Guest, booted, failed_boot
 from tests.qemu.media import ext4_image, plain_iso
 from tests.qemu.test_boot import cd, disk
 
@@ -132,6 +134,21 @@ def test_block_mode_persists_and_refuses_another_image(
     print(f"block mode: shell after {first:.1f} s; store {info.mapped} chunks changed")
 
 
+def _guest_info(guest: Guest) -> str:
+    """``overlayboot block info`` of the RAM store, run in the guest."""
+    return guest.sh(
+        "/run/overlayboot/runtime/overlayboot block info /run/overlayboot/rw/block.store"
+        " | grep -E 'chunk size|changed|in the store'",
+        timeout=60,
+    )
+
+
+def _stored(info: str) -> int:
+    found = re.search(r"in the store: (\d+) chunks", info)
+    assert found, info
+    return int(found[1])
+
+
 def test_block_mode_in_ram_with_toram_and_a_chunk_size(
     kernel: Kernel, initramfs: BuiltInitramfs, tmp_path: Path
 ) -> None:
@@ -150,14 +167,18 @@ def test_block_mode_in_ram_with_toram_and_a_chunk_size(
         assert guest.sh("echo kept > /etc/note && cat /etc/note") == "kept"
         guest.sh("echo 3 > /proc/sys/vm/drop_caches")  # read back through the device
         assert guest.sh("md5sum -c /etc/blob.md5 2>&1") == "/etc/blob: OK"
-        info = guest.sh(
-            "/run/overlayboot/runtime/overlayboot block info /run/overlayboot/rw/block.store"
-            " | grep -E 'chunk size|changed'",
-            timeout=60,
-        )
+        info = _guest_info(guest)
         assert "chunk size: 16384 bytes" in info, info
         changed = re.search(r"changed: (\d+) chunks", info)
         assert changed and int(changed[1]) >= 40 * 4, info  # the blob alone is 160 chunks of 16 KiB
+        # discard from the guest: the blob deleted, fstrim / frees its chunks in the store
+        assert DISCARD, "the runtime's pyfuse3 has no fallocate handler: rebuild it (make deps)"
+        before = _stored(info)
+        trimmed = guest.sh("rm /etc/blob && sync && fstrim -v / && echo y > /etc/t && sync")
+        assert re.search(r"/: \d+ bytes trimmed", trimmed), trimmed
+        after = _stored(_guest_info(guest))
+        assert after <= before - 120, (before, after)  # the 160 of the blob, give or take
+        assert guest.sh("cat /etc/note") == "kept"
     log = guest.vm.log()
     assert "ERROR" not in log and "the medium can be removed" in log, log
     with booted(kernel, initramfs, cd(medium), ram[0], until=ROOT_MARKER) as guest:

@@ -131,24 +131,44 @@ def test_a_torn_commit_leaves_each_page_old_or_new(
     assert manage.info(path).sb.chunk_size == CHUNK
 
 
-def test_a_full_store_fails_the_write_and_stays_valid(
+def test_a_full_store_fails_new_chunks_but_rewrites_and_stays_valid(
     tmp_path: Path, base: tuple[Path, bytes]
 ) -> None:
+    """Room for 4 slots: 3 new chunks fit (one slot is kept for rewrites), a 4th gets
+    ENOSPC; rewrites of the 3 after commits, several in one request and many between two
+    commits (the store commits itself to free the slots they left) all work, and the
+    store never grows past its maximum."""
     probe = _store(tmp_path, base[0])
     data_offset = manage.info(probe).sb.data_offset
     probe.unlink()
-    path = _store(tmp_path, base[0], max_size=data_offset + 3 * CHUNK)
+    with pytest.raises(BlockError, match="no room for data"):
+        _store(tmp_path, base[0], max_size=data_offset + CHUNK)
+    max_size = data_offset + 4 * CHUNK
+    path = _store(tmp_path, base[0], max_size=max_size)
+    model = bytearray(base[1])
     st = Store.open(path, base[0], writable=True)
     st.write(0, b"a" * 3 * CHUNK)
-    with pytest.raises(OSError) as exc:
-        st.write(10 * CHUNK, b"b" * 10)
-    assert exc.value.errno == errno.ENOSPC
-    st.write(CHUNK, b"c" * 10)  # a chunk already in the store can still change
+    model[: 3 * CHUNK] = b"a" * 3 * CHUNK
+    for offset in (10 * CHUNK, 3 * CHUNK + 5):  # a new chunk, alone or after held ones
+        with pytest.raises(OSError) as exc:
+            st.write(offset, b"b" * 10)
+        assert exc.value.errno == errno.ENOSPC
+    st.flush()
+    rng = random.Random(3)
+    for step in range(60):
+        off = rng.randrange(3 * CHUNK)
+        data = rng.randbytes(rng.randrange(1, 3 * CHUNK - off + 1))
+        assert st.write(off, data) == len(data)
+        model[off : off + len(data)] = data
+        if step % 7 == 0:
+            st.flush()
+        assert os.stat(path).st_size <= max_size
+    assert st.read(0, len(model)) == model
     st.close()
     st = Store.open(path, base[0], writable=False)
-    assert st.read(0, 2 * CHUNK) == b"a" * CHUNK + b"c" * 10 + b"a" * (CHUNK - 10)
-    assert st.read(10 * CHUNK, 10) == base[1][10 * CHUNK : 10 * CHUNK + 10]
+    assert st.read(0, len(model)) == model
     st.abandon()
+    assert os.stat(path).st_size <= max_size
 
 
 def test_writes_past_the_end_fail(tmp_path: Path, base: tuple[Path, bytes]) -> None:
@@ -314,6 +334,9 @@ def test_discards_read_zeros_free_their_slots_and_survive_reopen_and_crash(
     zeros = sum(st.index.is_zero(c) for c in range(st.sb.chunks))
     assert zeros > 0 and used + zeros <= st.index.mapped
     st.close()
+    info = manage.info(path)  # what block info shows: chunks with data, discarded ones
+    assert (info.stored, info.mapped - info.stored) == (used, zeros)
+    assert f"in the store: {used} chunks' data, {zeros} discarded (read as zeros)" in info.lines()
     st = Store.open(path, base[0], writable=True)
     assert st.read(0, len(model)) == model  # after reopen: the zero entries are on disk
     flushed = bytes(model)
