@@ -35,6 +35,7 @@ from overlayboot.fs.chunkmap import (
     sample_offsets,
 )
 from overlayboot.fs.datacopy import copy_segments
+from overlayboot.fs.prefetch import Prefetcher, Sequential
 
 MAX_MAP_BYTES = 2048  # above this the map is compacted (it must fit an ext4 xattr block)
 MAX_PENDING = 256  # new chunks kept unrecorded at most ...
@@ -148,6 +149,7 @@ class ChunkedFile:
         name: str,
         error: str | None = None,
         buf: ReadBuffer | None = None,
+        prefetch: Prefetcher | None = None,
     ) -> None:
         self.fd = fd
         self.lower_fd = lower_fd
@@ -159,6 +161,8 @@ class ChunkedFile:
         self.pending = 0
         self.dirty_since: float | None = None
         self.buf = buf if buf is not None else ReadBuffer()
+        self.prefetch = prefetch
+        self.reader = Sequential()
 
     # -- reading -------------------------------------------------------------------
 
@@ -178,6 +182,10 @@ class ChunkedFile:
         holes = [(a, b) for mapped, a, b in runs if not mapped]
         if holes:
             self._read_lower(cmap, view, off, holes[0][0], holes[-1][1])
+        if self.prefetch is not None and self.lower_fd >= 0:
+            window = self.reader.after_read(off, end, cmap.valid)
+            if window is not None:
+                self.prefetch.ahead(self.lower_fd, *window)
         for mapped, a, b in runs:
             if mapped:
                 _preadv_full(self.fd, view[a - off : b - off], a)

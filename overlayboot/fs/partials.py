@@ -20,6 +20,7 @@ from overlayboot.fs.chunkmap import ChunkMap, LowerIdentity, MapError
 from overlayboot.fs.chunkpolicy import CopyUpPolicy
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import LowerRef
+from overlayboot.fs.prefetch import Prefetcher
 from overlayboot.fs.whiteout import XattrNames
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class PartialCopyUps:
         self.reported: set[int] = set()  # upper inodes whose stale lower was logged
         self._blocks: dict[tuple[int, int], int | None] = {}  # (ino, ctime) -> blocks
         self.read_buf = chunked.ReadBuffer()  # shared by every open partial file
+        self.prefetch = Prefetcher()  # reads ahead in their lower files (a thread)
 
     def start(self, tmp_fd: int, src: bytes, st: os.stat_result, lower: LowerRef) -> bool:
         """At copy-up: make ``tmp_fd`` a partial copy of ``src`` if the policy says so."""
@@ -86,7 +88,9 @@ class PartialCopyUps:
             except BaseException:
                 os.close(own)
                 raise
-        p = chunked.ChunkedFile(own, lower_fd, cmap, self.name, error=why, buf=self.read_buf)
+        p = chunked.ChunkedFile(
+            own, lower_fd, cmap, self.name, error=why, buf=self.read_buf, prefetch=self.prefetch
+        )
         self.open[st.st_ino] = p
         if why is not None:
             self._report(st.st_ino, path, why)
@@ -235,6 +239,7 @@ class PartialCopyUps:
                 log.error("partial copy-up: recording its chunk map failed at unmount: %s", exc)
             p.close()
         self.open.clear()
+        self.prefetch.stop()
 
 
 def _reopen(fd: int, path: bytes, st: os.stat_result) -> int:
