@@ -13,6 +13,7 @@ import os
 import stat
 from collections.abc import Sequence
 
+import pyfuse3
 import trio
 
 from overlayboot.fs import chunked, longpath
@@ -24,6 +25,10 @@ from overlayboot.fs.prefetch import Prefetcher
 from overlayboot.fs.whiteout import XattrNames
 
 log = logging.getLogger(__name__)
+
+SEGMENTS = bool(getattr(pyfuse3, "READ_SEGMENTS", False))
+"""pyfuse3 (readsegments.patch) replies to a read with runs of files: partial files'
+reads are then answered by libfuse reading (or splicing) the upper and the lower itself."""
 
 FLUSH_EVERY = 1.0  # seconds between two looks at open files with unrecorded chunks
 
@@ -89,7 +94,14 @@ class PartialCopyUps:
                 os.close(own)
                 raise
         p = chunked.ChunkedFile(
-            own, lower_fd, cmap, self.name, error=why, buf=self.read_buf, prefetch=self.prefetch
+            own,
+            lower_fd,
+            cmap,
+            self.name,
+            error=why,
+            buf=self.read_buf,
+            prefetch=self.prefetch,
+            segments=SEGMENTS,
         )
         self.open[st.st_ino] = p
         if why is not None:
