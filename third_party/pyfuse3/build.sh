@@ -44,5 +44,8 @@ patch -s -p1 < "$HERE/tmpfile.patch"  # O_TMPFILE, on top of the first
 patch -s -p1 < "$HERE/fallocate.patch"  # fallocate (a block device's discard), on top
 patch -s -p1 < "$HERE/readsegments.patch"  # read replies from file segments, on top
 rm -f src/pyfuse3/__init__.c   # generated from the patched .pyx by the build
+# -g0: Python's own CFLAGS ask for debug info, which doubles the compile time (27 -> 13 s
+# of CPU) and makes the module 4.2 MB instead of 0.9 MB (the initramfs carries it)
+export CFLAGS="${CFLAGS:-} -g0"
 SETUPTOOLS_SCM_PRETEND_VERSION="$VERSION+$LOCAL" "$PY" -m pip install -q .
 echo "pyfuse3 $VERSION+$LOCAL installed (patched: third_party/pyfuse3/overlayboot.patch, tmpfile.patch, fallocate.patch, readsegments.patch)"
