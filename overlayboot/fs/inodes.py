@@ -32,6 +32,8 @@ TAG_DYNAMIC = 0xFF
 TAG_OVERFLOW = 0xFE
 TAG_CLONE = 0xFD
 
+COMPACT_ABOVE = 50_000  # nodes: a smaller table is not worth copying
+
 log = logging.getLogger("overlayboot.fs")
 _overflow: dict[tuple[int, int], int] = {}
 _overflow_next = itertools.count(1)
@@ -179,6 +181,7 @@ class InodeTable:
 
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
+        self._peak = 0  # the most nodes since the table was last compacted
         self._dynamic = itertools.count(1)
         self.overrides: dict[int, int] = {}
         root = Node(ROOT_INO, True)
@@ -218,6 +221,7 @@ class InodeTable:
         if node is None:
             node = Node(ino, is_dir)
             self.nodes[ino] = node
+            self._peak = max(self._peak, len(self.nodes))
         return node
 
     def add_name(self, node: Node, parent: Node, name: bytes) -> None:
@@ -284,6 +288,11 @@ class InodeTable:
         if self.nodes.get(node.ino) is not node:
             return
         del self.nodes[node.ino]
+        if len(self.nodes) < self._peak // 4 and self._peak > COMPACT_ABOVE:
+            # a dict never shrinks by deletion: after the kernel forgot most of a big walk
+            # (drop_caches, memory pressure) a copy gives the memory back
+            self.nodes = dict(self.nodes)
+            self._peak = len(self.nodes)
         for parent, _ in list(node.names()):
             self._unref_parent(parent)
         node.pin_lowers()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
+from overlayboot.fs import inodes
 from overlayboot.fs.inodes import InodeTable, Node, make_ino
 
 
@@ -55,7 +58,8 @@ def test_derived_lower_follows_renames_and_links() -> None:
     assert m.lowers == ((1, b"top/m"),)
 
 
-def test_forget_frees_and_nodes_stay_small() -> None:
+def test_forget_frees_and_nodes_stay_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(inodes, "COMPACT_ABOVE", 1000)
     table = InodeTable()
     top = _tree(table)
     tracemalloc.start()
@@ -66,7 +70,9 @@ def test_forget_frees_and_nodes_stay_small() -> None:
     finally:
         tracemalloc.stop()
     assert per_node < 330, per_node  # node, name, table entry: no list, no path, no tuples
+    big = table.nodes
     for node in nodes:
         table.forget(node.ino, 1)
     assert set(table.nodes) == {1, top.ino}
+    assert table.nodes is not big  # copied once most were gone: the big table is freed
     assert top.nchildren == 0
