@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from overlayboot.fs.lookup import LowerRef
 
@@ -182,6 +182,7 @@ class InodeTable:
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
         self._peak = 0  # the most nodes since the table was last compacted
+        self.on_shrink: Callable[[], None] | None = None  # called after a compaction
         self._dynamic = itertools.count(1)
         self.overrides: dict[int, int] = {}
         root = Node(ROOT_INO, True)
@@ -293,6 +294,8 @@ class InodeTable:
             # (drop_caches, memory pressure) a copy gives the memory back
             self.nodes = dict(self.nodes)
             self._peak = len(self.nodes)
+            if self.on_shrink is not None:
+                self.on_shrink()
         for parent, _ in list(node.names()):
             self._unref_parent(parent)
         node.pin_lowers()

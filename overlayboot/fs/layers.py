@@ -137,6 +137,12 @@ class LowerLayer:
                 entries[name] = False
         return entries, whiteouts, opaque
 
+    def forget_caches(self) -> None:
+        """Drop every listing and lstat result (the kernel forgot most of what it knew)."""
+        self._cache = {}
+        self._listed = 0
+        self._stats = {}
+
     def lstat(self, rel: bytes) -> os.stat_result:
         """lstat of a lower object, read once: a lower layer does not change."""
         st = self._stats.get(rel)

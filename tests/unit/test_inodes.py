@@ -71,8 +71,11 @@ def test_forget_frees_and_nodes_stay_small(monkeypatch: pytest.MonkeyPatch) -> N
         tracemalloc.stop()
     assert per_node < 330, per_node  # node, name, table entry: no list, no path, no tuples
     big = table.nodes
+    shrunk: list[int] = []
+    table.on_shrink = lambda: shrunk.append(len(table.nodes))
     for node in nodes:
         table.forget(node.ino, 1)
     assert set(table.nodes) == {1, top.ino}
     assert table.nodes is not big  # copied once most were gone: the big table is freed
+    assert shrunk and shrunk[0] < 20000 // 4  # and the caches behind it were told
     assert top.nchildren == 0
