@@ -35,10 +35,6 @@ from overlayboot.fs.chunkmap import (
     sample_offsets,
 )
 from overlayboot.fs.datacopy import copy_segments
-from overlayboot.fs.prefetch import Prefetcher, Sequential
-
-Segments = tuple[tuple[int, int, int] | bytes, ...]
-"""A read's reply as runs of files (fd, offset, length) and buffers, in order."""
 
 MAX_MAP_BYTES = 2048  # above this the map is compacted (it must fit an ext4 xattr block)
 MAX_PENDING = 256  # new chunks kept unrecorded at most ...
@@ -152,8 +148,6 @@ class ChunkedFile:
         name: str,
         error: str | None = None,
         buf: ReadBuffer | None = None,
-        prefetch: Prefetcher | None = None,
-        segments: bool = False,
     ) -> None:
         self.fd = fd
         self.lower_fd = lower_fd
@@ -165,30 +159,20 @@ class ChunkedFile:
         self.pending = 0
         self.dirty_since: float | None = None
         self.buf = buf if buf is not None else ReadBuffer()
-        self.prefetch = prefetch
-        self.reader = Sequential()
-        self.segments = segments  # reads answer with file segments (see read)
 
     # -- reading -------------------------------------------------------------------
 
-    def read(self, off: int, size: int) -> bytes | memoryview | Segments:
-        """``size`` bytes at ``off`` (fewer at the end of the file).
-
-        With ``segments``: where they are, as ``(fd, offset, length)`` runs of the upper
-        and the lower file (and zeros past ``valid``), which pyfuse3 (readsegments.patch)
-        hands to libfuse to read or splice: no copy through Python. Else the lower's
-        bytes of the request in one read (so the lower's readahead stays sequential),
-        then the upper's mapped runs over them, all in ``buf`` (valid until the next read
-        of a partial file: the reply is sent before any other request runs)."""
+    def read(self, off: int, size: int) -> bytes | memoryview:
+        """``size`` bytes at ``off`` (fewer at the end of the file): the lower's bytes of
+        the request in one read (so the lower's readahead stays sequential), then the
+        upper's mapped runs over them, all in ``buf`` (valid until the next read of a
+        partial file: the reply is sent before any other request runs)."""
         cmap = self._map()
         if cmap is None:
             return os.pread(self.fd, size, off)
         end = min(off + size, os.fstat(self.fd).st_size)
         if end <= off:
             return b""
-        self._read_ahead(cmap, off, end)
-        if self.segments:
-            return self._segments(cmap, off, end)
         view = self.buf.view(end - off)
         runs = list(_runs(cmap, off, end))
         holes = [(a, b) for mapped, a, b in runs if not mapped]
@@ -198,25 +182,6 @@ class ChunkedFile:
             if mapped:
                 _preadv_full(self.fd, view[a - off : b - off], a)
         return view
-
-    def _read_ahead(self, cmap: ChunkMap, off: int, end: int) -> None:
-        if self.prefetch is not None and self.lower_fd >= 0:
-            window = self.reader.after_read(off, end, cmap.valid)
-            if window is not None:
-                self.prefetch.ahead(self.lower_fd, *window)
-
-    def _segments(self, cmap: ChunkMap, off: int, end: int) -> Segments:
-        out: list[tuple[int, int, int] | bytes] = []
-        for mapped, a, b in _runs(cmap, off, end):
-            if mapped:
-                out.append((self.fd, a, b - a))
-                continue
-            lim = min(b, cmap.valid)
-            if a < lim:
-                out.append((self.lower_fd, a, lim - a))
-            if max(a, lim) < b:
-                out.append(bytes(b - max(a, lim)))
-        return tuple(out)
 
     def _read_lower(self, cmap: ChunkMap, view: memoryview, off: int, a: int, b: int) -> None:
         """Bytes [a, b) of the file as the lower shows them (zeros past ``valid``) into

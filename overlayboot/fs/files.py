@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 
 from overlayboot.fs import longpath
-from overlayboot.fs.chunked import ChunkedFile, Segments
+from overlayboot.fs.chunked import ChunkedFile
 from overlayboot.fs.copyup import copy_up
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.cow import node_shared
@@ -209,9 +209,8 @@ class OpenFiles:
         os.close(handle.fd)
         handle.fd, handle.upper, handle.partial = fd, True, partial
 
-    def read(self, number: int, off: int, size: int) -> bytes | memoryview | Segments:
-        """Bytes of handle ``number`` (a memoryview: valid until the next partial read; or
-        the file segments that hold them, see ``ChunkedFile.read``)."""
+    def read(self, number: int, off: int, size: int) -> bytes | memoryview:
+        """Bytes of handle ``number`` (a memoryview: valid until the next partial read)."""
         handle = self.get(number)
         if handle.partial is not None:
             return handle.partial.read(off, size)

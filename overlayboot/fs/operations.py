@@ -24,7 +24,6 @@ import pyfuse3
 import trio
 
 from overlayboot.fs import attrs, clone, dirops, longpath
-from overlayboot.fs.chunked import Segments
 from overlayboot.fs.clonereq import REQUEST_XATTR, Caller, parse_request
 from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
@@ -433,7 +432,7 @@ class OverlayOperations(pyfuse3.Operations):
         return file_info(fh, self.files.backing_id(fh))
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview | Segments:  # type: ignore[override]
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         # pyfuse3 replies with any buffer, at once: a partial file answers from the daemon's
         # one read buffer (a memoryview), which saves a copy of every request
         return self.files.read(fh, off, size)

@@ -13,7 +13,6 @@ import os
 import stat
 from collections.abc import Sequence
 
-import pyfuse3
 import trio
 
 from overlayboot.fs import chunked, longpath
@@ -21,14 +20,9 @@ from overlayboot.fs.chunkmap import ChunkMap, LowerIdentity, MapError
 from overlayboot.fs.chunkpolicy import CopyUpPolicy
 from overlayboot.fs.layers import LowerLayer
 from overlayboot.fs.lookup import LowerRef
-from overlayboot.fs.prefetch import Prefetcher
 from overlayboot.fs.whiteout import XattrNames
 
 log = logging.getLogger(__name__)
-
-SEGMENTS = bool(getattr(pyfuse3, "READ_SEGMENTS", False))
-"""pyfuse3 (readsegments.patch) replies to a read with runs of files: partial files'
-reads are then answered by libfuse reading (or splicing) the upper and the lower itself."""
 
 FLUSH_EVERY = 1.0  # seconds between two looks at open files with unrecorded chunks
 
@@ -52,7 +46,6 @@ class PartialCopyUps:
         self.reported: set[int] = set()  # upper inodes whose stale lower was logged
         self._blocks: dict[tuple[int, int], int | None] = {}  # (ino, ctime) -> blocks
         self.read_buf = chunked.ReadBuffer()  # shared by every open partial file
-        self.prefetch = Prefetcher()  # reads ahead in their lower files (a thread)
 
     def start(self, tmp_fd: int, src: bytes, st: os.stat_result, lower: LowerRef) -> bool:
         """At copy-up: make ``tmp_fd`` a partial copy of ``src`` if the policy says so."""
@@ -93,16 +86,7 @@ class PartialCopyUps:
             except BaseException:
                 os.close(own)
                 raise
-        p = chunked.ChunkedFile(
-            own,
-            lower_fd,
-            cmap,
-            self.name,
-            error=why,
-            buf=self.read_buf,
-            prefetch=self.prefetch,
-            segments=SEGMENTS,
-        )
+        p = chunked.ChunkedFile(own, lower_fd, cmap, self.name, error=why, buf=self.read_buf)
         self.open[st.st_ino] = p
         if why is not None:
             self._report(st.st_ino, path, why)
@@ -251,7 +235,6 @@ class PartialCopyUps:
                 log.error("partial copy-up: recording its chunk map failed at unmount: %s", exc)
             p.close()
         self.open.clear()
-        self.prefetch.stop()
 
 
 def _reopen(fd: int, path: bytes, st: os.stat_result) -> int:
