@@ -33,7 +33,7 @@ from pathlib import Path
 
 from overlayboot.errors import UsageError
 from overlayboot.fs.chunkmap import decode
-from overlayboot.images import DebugfsTree, PersistenceError, base_paths, open_target, read_base
+from overlayboot.images import DebugfsTree, open_target, the_base
 from overlayboot.run import run
 
 _NS = ("trusted.", "user.")
@@ -140,12 +140,7 @@ def mounted(target: Path) -> Iterator[Path]:
 def upper_of(root: Path, image_id: str | None, base_dir: str | None) -> Path:
     """The upper of image ``image_id`` (a unique prefix; default: the one booted last)."""
     tree = open_target(root)
-    bases = base_paths(tree, base_dir)
-    if not bases:
-        raise PersistenceError(f"no overlayboot changes on {root}")
-    if len(bases) > 1:
-        raise UsageError(f"{root} holds several base directories", "choose one with --dir")
-    base = read_base(tree, bases[0])
+    base = the_base(tree, base_dir)
     want = image_id or base.last_id
     ids = [i.image_id for i in base.images if want and i.image_id.startswith(want)]
     if len(ids) != 1:

@@ -224,6 +224,16 @@ def base_paths(tree: Tree, base_dir: str | None) -> list[str]:
     return [f"overlayboot/{n.name}" for n in top if n.is_dir]
 
 
+def the_base(tree: Tree, base_dir: str | None) -> Base:
+    """The one base directory a command works on: ``base_dir``, or the only one there is."""
+    bases = base_paths(tree, base_dir)
+    if not bases:
+        raise PersistenceError(f"{tree.where}: no overlayboot changes")
+    if len(bases) > 1:
+        raise UsageError(f"{tree.where} holds several base directories", "choose one with --dir")
+    return read_base(tree, bases[0])
+
+
 def read_base(tree: Tree, base: str) -> Base:
     """What ``base`` holds: each image's changes, counted, and the image booted last."""
     listed = tree.listdirs([base, f"{base}/images"])
@@ -318,12 +328,7 @@ def reset(tree: Tree, image_id: str | None = None, base_dir: str | None = None) 
     last), as the boot's ``overlayboot.upper.reset`` does; the next boot starts it afresh."""
     if image_id is not None and not _ID.fullmatch(image_id):
         raise UsageError(f"{image_id!r} is not an image id", "see overlayboot persistence list")
-    bases = base_paths(tree, base_dir)
-    if not bases:
-        raise PersistenceError(f"{tree.where}: no overlayboot changes")
-    if len(bases) > 1:
-        raise UsageError(f"{tree.where} holds several base directories", "choose one with --dir")
-    base = read_base(tree, bases[0])
+    base = the_base(tree, base_dir)
     want = image_id or base.last_id
     chosen, unknown = _select(base, [want] if want else [])
     if not chosen or unknown:

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -63,6 +64,17 @@ def guarded(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[An
 DIR_CACHE = hasattr(pyfuse3.FileInfo, "cache_readdir")
 """Whether this pyfuse3 lets opendir set FOPEN_CACHE_DIR (the build the Makefile makes does;
 see third_party/pyfuse3): without it every readdir goes to the daemon."""
+
+
+DIR_INO = getattr(pyfuse3, "DIR_INO_HANDLES", False)
+"""Whether this pyfuse3 names a directory read without OPENDIR by its inode (same build): then
+opendir answers ENOSYS once and the kernel sends no OPENDIR or RELEASEDIR again, keeping
+every listing in its cache (``FUSE_NO_OPENDIR_SUPPORT``; two requests of the three a
+cached directory cost)."""
+
+MAX_LISTINGS = 64
+"""Listings kept between the READDIRPLUS requests of one directory when there are no
+directory handles (``DIR_INO``); one evicted is read again."""
 
 
 @dataclass
@@ -113,6 +125,9 @@ class OverlayOperations(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self.timeout = overlay.cfg.timeout
         self.cache_dirs = self.timeout > 0 and DIR_CACHE
+        # no OPENDIR (DIR_INO): readdir's fh is the directory's inode, listings by inode
+        self.no_opendir = self.cache_dirs and DIR_INO
+        self.listings: OrderedDict[int, DirHandle] = OrderedDict()
         self.initialized = trio.Event()  # set once the kernel's INIT has been answered
         self._closer_wanted = trio.Event()  # backing ids wait to be closed
         # asked for at INIT (pyfuse3 reads it there); the kernel may still say no
@@ -460,6 +475,9 @@ class OverlayOperations(pyfuse3.Operations):
         node = self.overlay.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if self.no_opendir:
+            # the kernel opens directories itself from now on, cached (see DIR_INO)
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         fh = self.files.new_number()
         self.dirs[fh] = DirHandle(node)
         if self.cache_dirs:
@@ -471,17 +489,35 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self.dirs.get(fh)
-        if listing is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
+        listing = self._listing(fh)
         if listing.names is None or start_id == 0:
             # like kernel overlayfs, the merged listing is read at the first readdir
             # (and again after a rewinddir)
             listing.names = [b".", b"..", *self.overlay.listing(listing.node)]
         names = listing.names
+        if start_id >= len(names) and self.no_opendir:
+            del self.listings[fh]  # read to its end: the kernel has it all
         for i in range(start_id, len(names)):
             if not await self._reply_entry(token, listing.node, names[i], i + 1):
                 return
+
+    def _listing(self, fh: int) -> DirHandle:
+        """The open directory ``fh`` (without OPENDIR: the directory of inode ``fh``)."""
+        if not self.no_opendir:
+            listing = self.dirs.get(fh)
+            if listing is None:
+                raise pyfuse3.FUSEError(errno.EBADF)
+            return listing
+        listing = self.listings.pop(fh, None)
+        if listing is None or self.overlay.table.get(fh) is not listing.node:
+            node = self.overlay.node(fh)
+            if not node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            listing = DirHandle(node)
+        self.listings[fh] = listing  # the newest last
+        while len(self.listings) > MAX_LISTINGS:
+            self.listings.popitem(last=False)
+        return listing
 
     async def _reply_entry(
         self, token: pyfuse3.ReaddirToken, parent: Node, name: bytes, offset: int
@@ -509,10 +545,14 @@ class OverlayOperations(pyfuse3.Operations):
 
     @guarded
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        listing = self.dirs.get(fh)
-        if listing is None or not listing.node.upper:
+        if self.no_opendir:
+            node: Node | None = self.overlay.node(fh)
+        else:
+            listing = self.dirs.get(fh)
+            node = listing.node if listing is not None else None
+        if node is None or not node.upper:
             return
-        fd = longpath.open(self.overlay.upper_path(listing.node), os.O_RDONLY | os.O_DIRECTORY)
+        fd = longpath.open(self.overlay.upper_path(node), os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:

@@ -19,6 +19,7 @@ from overlayboot.net.serverconf import UNDIONLY, ipxe_script
 from tests.net.netns import Netns
 from tests.qemu.harness import MediaVmConfig, Vm, VmConfig
 from tests.qemu.live import BOOT_ERROR, BOOT_TIMEOUT, POWEROFF_TIMEOUT, ROOT_UP, Guest
+from tests.qemu.media import busybox_tree
 
 ROOT_INIT = """#!/bin/sh
 export PATH=/bin:/sbin
@@ -76,16 +77,7 @@ def pxe_files(
 
 
 def tiny_root(root: Path) -> Path:
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "opt"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is needed"
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in APPLETS.split():
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "sbin" / "init").write_text(ROOT_INIT)
-    (root / "sbin" / "init").chmod(0o755)
-    (root / "etc" / "release").write_text("from the network lower\n")
+    busybox_tree(root, APPLETS.split(), ROOT_INIT, "from the network lower\n", dirs=("opt",))
     (root / UNREAD).write_bytes(os.urandom(UNREAD_MIB << 20))
     return root
 

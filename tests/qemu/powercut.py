@@ -30,7 +30,7 @@ from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
 from overlayboot.run import run
 from tests.qemu.harness import Vm, VmConfig
-from tests.qemu.media import plain_iso
+from tests.qemu.media import busybox_tree, plain_iso
 from tests.qemu.powercut_model import Observed, lower_files, observe, pattern_files
 from tests.qemu.test_boot import APPLETS as BOOT_APPLETS
 from tests.qemu.test_boot import ROOT_INIT
@@ -47,17 +47,8 @@ UPPER_BASE = "overlayboot/OVERLAYBOOT"  # the images' directory on the partition
 
 def build_root(root: Path) -> None:
     """The test image's tree: busybox, an init that gives a shell, the workload's files."""
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp", "new"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is needed"
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "sbin" / "init").write_text(ROOT_INIT)
-    (root / "sbin" / "init").chmod(0o755)
+    busybox_tree(root, APPLETS, ROOT_INIT, "from the lower layer\n", dirs=("new",))
     shutil.copy(WORKLOAD, root / "bin" / "ob-workload")
-    (root / "etc" / "release").write_text("from the lower layer\n")
     for path, data in (lower_files() | pattern_files()).items():
         dest = root / path.lstrip("/")
         dest.parent.mkdir(parents=True, exist_ok=True)

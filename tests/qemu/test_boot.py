@@ -17,7 +17,7 @@ import pytest
 from mkimage.initramfs import BuiltInitramfs
 from mkimage.kernel import Kernel
 from tests.qemu.live import Guest, booted, failed_boot
-from tests.qemu.media import ext4_image, plain_iso
+from tests.qemu.media import busybox_tree, ext4_image, plain_iso
 
 pytestmark = pytest.mark.qemu
 
@@ -38,16 +38,7 @@ DATA_FILES = 30
 
 
 def _tiny_root(root: Path) -> None:
-    for d in ("bin", "sbin", "etc", "proc", "sys", "dev", "run", "tmp"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    busybox = shutil.which("busybox")
-    assert busybox, "busybox-static is needed"
-    shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in APPLETS.split():
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "sbin" / "init").write_text(ROOT_INIT)
-    (root / "sbin" / "init").chmod(0o755)
-    (root / "etc" / "release").write_text("from the lower layer\n")
+    busybox_tree(root, APPLETS.split(), ROOT_INIT, "from the lower layer\n")
     (root / "data").mkdir()
     for i in range(DATA_FILES):
         (root / "data" / f"f{i}").write_text(f"old-{i}\n" * 8000)
