@@ -35,6 +35,7 @@ $(VENV)/.apt-stamp:
 venv: $(VENV)/.pip-stamp
 $(VENV)/.pip-stamp: pyproject.toml third_party/pyfuse3/overlayboot.patch third_party/pyfuse3/tmpfile.patch \
 		third_party/pyfuse3/fallocate.patch third_party/pyfuse3/dirino.patch \
+		third_party/pyfuse3/copyrange.patch \
 		third_party/pyfuse3/build.sh \
 		third_party/libfuse/build.sh $(VENV)/.apt-stamp
 	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)

@@ -1,6 +1,8 @@
 """``python -m bench.clone``: copying the bench's lower tree and 1 GiB file inside an overlay
 (root; a few minutes): ``overlayboot clone`` against ``cp -a`` on kernel overlayfs,
-fuse-overlayfs and overlayboot, and ``cp --reflink=always`` where it works.
+fuse-overlayfs and overlayboot, ``cp --reflink=always`` where it works, and ``cp
+--reflink=auto`` (copy_file_range; on overlayboot also without FUSE passthrough, where it
+becomes a lazy copy).
 
 The lower is the suite's squashfs image (bench/lower.py: 20,000 small files in 200
 directories, a 1 GiB file), each system on a fresh tmpfs upper. Per system and repetition,
@@ -92,6 +94,10 @@ def one_system(m: Mounts, system: str, lower: Path, base: Path) -> Figures:
         )
         if ok[0]:
             out["reflink_big_ms"], out["reflink_big_growth"] = ms, grown
+        (mnt / "b2").unlink(missing_ok=True)
+        out["cfr_big_ms"], out["cfr_big_growth"] = measure(
+            upper_fs, cp("--reflink=auto", mnt / "big", mnt / "b4")
+        )
         if system == "overlayboot":
             out["clone_tree_ms"], out["clone_tree_growth"] = measure(
                 upper_fs, lambda: clone(mnt / "tree", mnt / "t2")
@@ -108,6 +114,31 @@ def one_system(m: Mounts, system: str, lower: Path, base: Path) -> Figures:
     finally:
         m.release(mnt)
         m.release(upper_fs)
+    if system == "overlayboot":
+        out.update(lazy_copy_range(m, lower, base))
+    return out
+
+
+def lazy_copy_range(m: Mounts, lower: Path, base: Path) -> Figures:
+    """``cp --reflink=auto`` of the 1 GiB file on overlayboot without FUSE passthrough
+    (where copy_file_range becomes a lazy copy), and the first write into the copy."""
+    upper_fs = base / "up-nopassthrough"
+    m.tmpfs(upper_fs, "2g")
+    mnt = base / "mnt-nopassthrough"
+    m.overlay(
+        "overlayboot", lower, upper_fs / "upper", upper_fs / "work", mnt, ("--no-passthrough",)
+    )
+    out: Figures = {}
+    try:
+        out["lazy_cfr_big_ms"], out["lazy_cfr_big_growth"] = measure(
+            upper_fs, cp("--reflink=auto", mnt / "big", mnt / "b5")
+        )
+        out["lazy_cfr_write_ms"], out["lazy_cfr_write_growth"] = measure(
+            upper_fs, first_write(mnt / "b5")
+        )
+    finally:
+        m.release(mnt)
+        m.release(upper_fs)
     return out
 
 
@@ -118,6 +149,12 @@ LABELS = {
     "cp_big_growth": "  upper growth, KiB",
     "reflink_big_ms": "cp --reflink=always big, ms",
     "reflink_big_growth": "  upper growth, KiB",
+    "cfr_big_ms": "cp --reflink=auto big (copy_file_range), ms",
+    "cfr_big_growth": "  upper growth, KiB",
+    "lazy_cfr_big_ms": "cp --reflink=auto big, overlayboot --no-passthrough (lazy), ms",
+    "lazy_cfr_big_growth": "  upper growth, KiB",
+    "lazy_cfr_write_ms": "first 4 KiB write + fsync into that copy, ms",
+    "lazy_cfr_write_growth": "  upper growth, KiB",
     "clone_tree_ms": "overlayboot clone tree, ms",
     "clone_tree_growth": "  upper growth, KiB",
     "clone_big_ms": "overlayboot clone big, ms",

@@ -11,7 +11,8 @@ A clone shows what its source showed at that moment and changes apart from it:
 - the upper part of a source (an upper or merged directory) is cloned entry by entry:
   directories are made, whiteouts, opaque marks and redirects copied, upper regular files
   linked and marked shared (``cow``: each name gets a copy of its own at its first
-  change), an upper file that is open or has other hard links copied;
+  change), an upper file that is open copied, one with hard links of its own copied
+  once (its names in the clone stay hard links of each other, as ``cp -a`` keeps them);
 - a single upper file is copied (keeping holes, so a partial copy-up costs its chunks).
 
 The root directory of a clone carries ``overlayboot.clone``, a random number: everything
@@ -51,6 +52,16 @@ from overlayboot.fs.whiteout import (
 )
 
 THREAD_COPY_MIN = 1 << 20
+
+
+@dataclass(frozen=True)
+class Build:
+    """One clone being built: the upper files open now (``busy``: copied, not shared),
+    and the copies made of upper files with hard links (by source inode: their other
+    names in the clone link to it)."""
+
+    busy: frozenset[int]
+    links: dict[int, bytes]
 
 
 @dataclass(frozen=True)
@@ -142,8 +153,8 @@ async def build_top(overlay: Overlay, src: Source) -> bytes:
     tmp = overlay.tmp_path()
     try:
         if src.res.is_dir:
-            busy = _open_upper_files(overlay) if src.upper is not None else set()
-            await build_dir(overlay, src, tmp, busy, top=True)
+            busy = _open_upper_files(overlay) if src.upper is not None else frozenset()
+            await build_dir(overlay, src, tmp, Build(busy, {}), top=True)
         elif src.upper is not None:
             st = longpath.lstat(src.upper)
             if stat.S_ISREG(st.st_mode):
@@ -160,11 +171,9 @@ async def build_top(overlay: Overlay, src: Source) -> bytes:
     return tmp
 
 
-async def build_dir(
-    overlay: Overlay, src: Source, tmp: bytes, busy: set[int], *, top: bool
-) -> None:
+async def build_dir(overlay: Overlay, src: Source, tmp: bytes, build: Build, *, top: bool) -> None:
     """The directory ``src`` at ``tmp``: its lower part by redirect, its upper part
-    entry by entry (see the module's docstring); ``busy``: upper files open now."""
+    entry by entry (see the module's docstring)."""
     res = src.res
     real = src.upper if src.upper is not None else _lower_path(overlay, src)
     st = _stat_of(overlay, res)
@@ -184,7 +193,7 @@ async def build_dir(
             # so it needs numbers of its own too
             _new_mark(overlay, tmp)
     if src.upper is not None:
-        await clone_entries(overlay, src, tmp, busy)
+        await clone_entries(overlay, src, tmp, build)
     _set_attributes(overlay.names, real, tmp, st)
 
 
@@ -203,7 +212,7 @@ def _check_redirect(overlay: Overlay, tmp: bytes, res: Resolved) -> None:
         raise OSError(errno.EXDEV, "this directory's lower layers cannot be redirected to")
 
 
-async def clone_entries(overlay: Overlay, src: Source, tmp: bytes, busy: set[int]) -> None:
+async def clone_entries(overlay: Overlay, src: Source, tmp: bytes, build: Build) -> None:
     """The upper entries of directory ``src`` into ``tmp`` (sub-directories recursively)."""
     assert src.upper is not None
     lowers = () if src.res.opaque else src.res.lowers
@@ -218,28 +227,36 @@ async def clone_entries(overlay: Overlay, src: Source, tmp: bytes, busy: set[int
         elif stat.S_ISDIR(st.st_mode):
             res = lookup(overlay.layers, overlay.names, src.upper, lowers, name)
             assert res is not None
-            await build_dir(overlay, Source(res, spath), dpath, busy, top=False)
+            await build_dir(overlay, Source(res, spath), dpath, build, top=False)
         elif stat.S_ISREG(st.st_mode):
-            await share_file(overlay, spath, dpath, st, busy)
+            await share_file(overlay, spath, dpath, st, build)
         else:
             _copy_special(overlay.names, spath, dpath, st)
     await trio.lowlevel.checkpoint()
 
 
 async def share_file(
-    overlay: Overlay, spath: bytes, dpath: bytes, st: os.stat_result, busy: set[int]
+    overlay: Overlay, spath: bytes, dpath: bytes, st: os.stat_result, build: Build
 ) -> None:
     """Link an upper file into the clone, marked shared; copy it if it is open (its
-    writers would change both) or has hard links of its own."""
-    linked = st.st_nlink > 1 and not cow.shared(spath, overlay.names)
-    if st.st_ino in busy or linked:
+    writers would change both) or has hard links of its own (copied once: its other
+    names in the clone are hard links of that copy, as with ``cp -a``)."""
+    if st.st_nlink > 1 and not cow.shared(spath, overlay.names):
+        first = build.links.get(st.st_ino)
+        if first is not None:
+            longpath.link(first, dpath)
+            return
+        await copy_upper_file(overlay, spath, dpath)
+        build.links[st.st_ino] = dpath
+        return
+    if st.st_ino in build.busy:
         await copy_upper_file(overlay, spath, dpath)
         return
     cow.mark(overlay, spath)
     longpath.link(spath, dpath)
 
 
-def _open_upper_files(overlay: Overlay) -> set[int]:
+def _open_upper_files(overlay: Overlay) -> frozenset[int]:
     """The upper inode numbers of the files open through the mount (written, perhaps)."""
     found: set[int] = set(overlay.partials.open)
     for node in list(overlay.table.nodes.values()):
@@ -250,7 +267,7 @@ def _open_upper_files(overlay: Overlay) -> set[int]:
                 pass
     for p in overlay.partials.open.values():
         p.persist()  # the map on disk is what a copy of the file reads
-    return found
+    return frozenset(found)
 
 
 async def copy_upper_file(overlay: Overlay, spath: bytes, dpath: bytes) -> None:

@@ -44,7 +44,9 @@ def recorded_roots(value: bytes) -> list[bytes]:
 
 
 def clone_roots(upper: bytes, names: XattrNames) -> Iterator[tuple[bytes, bytes]]:
-    """(path, mark) of every redirected clone root in the upper (not below another)."""
+    """(path, mark) of every redirected clone root in the upper, each before the clone
+    roots below it (a clone made inside a clone, perhaps under an opaque directory,
+    which materializing the outer one does not reach)."""
     stack = [upper]
     while stack:
         d = stack.pop()
@@ -55,14 +57,15 @@ def clone_roots(upper: bytes, names: XattrNames) -> Iterator[tuple[bytes, bytes]
             mark = getxattr(path, names.clone)
             if mark is not None and get_redirect(path, names) is not None:
                 yield path, mark
-            else:
-                stack.append(path)
+            stack.append(path)
 
 
 def materialize_all(upper: bytes, lowers: Sequence[bytes] | None, names: XattrNames) -> int:
     """Materialize every clone of lower directories in ``upper``; how many."""
     done = 0
-    for path, mark in list(clone_roots(upper, names)):
+    for path, mark in clone_roots(upper, names):
+        if get_redirect(path, names) is None:
+            continue  # materialized with a clone around it
         roots = list(lowers) if lowers is not None else recorded_roots(mark)
         if not roots:
             raise OSError(0, "no lower layers given or recorded", path)

@@ -21,7 +21,8 @@ from overlayboot.fs import longpath
 from overlayboot.fs.core import Overlay
 from overlayboot.fs.cowseal import copy_attributes
 from overlayboot.fs.datacopy import copy_data
-from overlayboot.fs.inodes import Node
+from overlayboot.fs.inodes import Node, clone_ino
+from overlayboot.fs.lookup import Resolved
 from overlayboot.fs.whiteout import XattrNames, getxattr
 
 THREAD_COPY_MIN = 1 << 20
@@ -74,12 +75,33 @@ async def unshare_file(overlay: Overlay, node: Node, *, data: bool = True) -> No
     tmp = await own_copy(overlay, path, data=data)
     parent = path.rsplit(b"/", 1)[0]
     times = longpath.lstat(parent)
+    old_key = _number_key(overlay, node, path)
     try:
         longpath.rename(tmp, path)
     except BaseException:
         longpath.unlink(tmp)
         raise
     longpath.utime(parent, (times.st_atime_ns, times.st_mtime_ns))
+    _keep_number(overlay, node, old_key, _number_key(overlay, node, path))
+
+
+def _number_key(overlay: Overlay, node: Node, path: bytes) -> int:
+    """The number a lookup of ``node``'s name computes from the upper file at ``path``."""
+    ino = overlay.ino_of(Resolved(False, longpath.lstat(path), ()), path)
+    return clone_ino(node.clone, ino) if node.clone else ino
+
+
+def _keep_number(overlay: Overlay, node: Node, old_key: int, new_key: int) -> None:
+    """After a name got a new upper inode: lookups of it still find ``node`` (its number
+    for the daemon's life: a hard link made to it now, a listing, show the same file),
+    and the number the old inode gave leads to a new node from now on (once that inode
+    is freed, a new file may get it). A file born in the upper shows its new upper
+    inode's number after a remount."""
+    if new_key == old_key:
+        return  # a number from an origin record: the copy keeps it
+    table = overlay.table
+    table.overrides[new_key] = node.ino
+    table.overrides[old_key] = table.dynamic_ino()
 
 
 async def own_copy(overlay: Overlay, src: bytes, *, data: bool = True) -> bytes:

@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from overlayboot.fs import attrs, clone, dirops, longpath
+from overlayboot.fs import attrs, clone, copyrange, dirops, longpath
 from overlayboot.fs.clonereq import REQUEST_XATTR, Caller, parse_request
 from overlayboot.fs.copyup import child
 from overlayboot.fs.core import Overlay, Stat
@@ -467,6 +467,16 @@ class OverlayOperations(pyfuse3.Operations):
     @guarded
     async def fsync(self, fh: int, datasync: bool) -> None:
         self.files.fsync(fh, datasync)
+
+    # copy_file_range: a handler of the patched pyfuse3 only (third_party/pyfuse3/
+    # copyrange.patch); a stock pyfuse3 never calls it (the kernel copies by read and write)
+    @guarded
+    async def copy_file_range(
+        self, fh_in: int, off_in: int, fh_out: int, off_out: int, length: int, flags: int
+    ) -> int:
+        if flags:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return await copyrange.copy_range(self.files, fh_in, off_in, fh_out, off_out, length)
 
     # ------------------------------------------------------------ directories
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -151,7 +152,8 @@ def test_clone_of_a_large_lower_file_costs_a_chunk_per_write(ovl_factory: OvlFac
 
 
 def _make_upper_changes(o: Ovl) -> None:
-    """The source `dir` becomes merged: new, changed, deleted and renamed entries."""
+    """The source `dir` becomes merged: new, changed, deleted and renamed entries, and
+    two names of one upper file."""
     with open(o.m("dir/new.txt"), "w") as f:
         f.write("new in upper\n")
     with open(o.m("dir/a1.txt"), "a") as f:
@@ -163,6 +165,18 @@ def _make_upper_changes(o: Ovl) -> None:
         f.write(os.urandom(200_000))
     os.symlink("new.txt", o.m("dir/ln"))
     os.setxattr(o.m("dir/new.txt"), "user.k", b"v")
+    os.link(o.m("dir/new.txt"), o.m("dir/fresh/hl"))  # hard links inside the source
+
+
+def _check_hard_links(o: Ovl) -> None:
+    """Each clone keeps the source's two names of one file as two names of one file of
+    its own (``cp -a`` keeps hard links among what it copies)."""
+    inos = {}
+    for name in ("dir", "c1", "c2"):
+        a, b = os.stat(o.m(f"{name}/new.txt")), os.stat(o.m(f"{name}/fresh/hl"))
+        assert a.st_ino == b.st_ino and a.st_nlink == 2, name
+        inos[name] = a.st_ino
+    assert len(set(inos.values())) == 3, inos
 
 
 def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> None:
@@ -177,10 +191,13 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     assert os.stat(ovl.m("c1/fresh/deeper/f")).st_nlink == 1  # a copy, not a hard link
     # a clone of the clone, then changes everywhere
     clone(ovl.m("c1"), ovl.m("c2"))
+    _check_hard_links(ovl)
     with open(ovl.m("dir/fresh/deeper/f"), "r+b") as f:
         f.write(b"SOURCE")
     with open(ovl.m("c1/new.txt"), "a") as f:
         f.write("c1\n")
+    assert _read(ovl.m("c1/fresh/hl")) == "new in upper\nc1\n"
+    assert _read(ovl.m("c2/fresh/hl")) == _read(ovl.m("dir/fresh/hl")) == "new in upper\n"
     os.chmod(ovl.m("c2/fresh/deeper/f"), 0o600)
     os.setxattr(ovl.m("c2/new.txt"), "user.k", b"c2")
     os.unlink(ovl.m("c2/a1.txt"))
@@ -195,12 +212,78 @@ def test_clone_of_merged_and_upper_sources_shares_until_written(ovl: Ovl) -> Non
     ovl.remount()
     for name, want in views.items():
         assert view(ovl.m(name)) == want, name
+    _check_hard_links(ovl)
     # after the remount the shared files still change apart
     with open(ovl.m("c1/ln"), "a") as f:  # through the symlink: c1/new.txt
         f.write("again\n")
     assert _read(ovl.m("c2/new.txt")) == "new in upper\n"
     views["c1"] = view(ovl.m("c1"))
     _seal_and_compare(ovl, views)
+
+
+def test_hard_links_to_unshared_files_are_one_file(ovl: Ovl) -> None:
+    """A name of a shared file gets a new upper inode at its first change; a hard link
+    made to it then (here in another directory) is the same file, one inode number, in
+    listings too, before and after a remount."""
+    os.makedirs(ovl.m("hl/sub"))
+    with open(ovl.m("hl/f"), "w") as f:
+        f.write("f\n")
+    clone(ovl.m("hl"), ovl.m("hl2"))
+    clone(ovl.m("hl"), ovl.m("hl3"))
+    with open(ovl.m("hl2/f"), "a") as f:  # the clone's name first: a change, then a link
+        f.write("hl2\n")
+    os.link(ovl.m("hl2/f"), ovl.m("hl2/sub/g"))
+    os.link(ovl.m("hl/f"), ovl.m("hl/sub/g"))  # the source's: the link is the change
+    for remounted in (False, True):
+        if remounted:
+            ovl.remount()
+        for d, text in (("hl", "f\n"), ("hl2", "f\nhl2\n")):
+            listed = {e.name: e.stat().st_ino for e in os.scandir(ovl.m(f"{d}/sub"))}
+            a, b = os.stat(ovl.m(f"{d}/f")), os.stat(ovl.m(f"{d}/sub/g"))
+            assert a.st_ino == b.st_ino and a.st_nlink == 2, (d, remounted)
+            assert listed == {"g": a.st_ino}, (d, remounted)
+            assert _read(ovl.m(f"{d}/sub/g")) == text
+        numbers = {os.stat(ovl.m(f"{d}/f")).st_ino for d in ("hl", "hl2", "hl3")}
+        assert len(numbers) == 3
+        assert _read(ovl.m("hl3/f")) == "f\n"
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL in its xattr form (version 2; tag, permissions, id)."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+ANY = 0xFFFFFFFF
+# user::rw-, user:1000:r--, group::r--, mask::r--, other::---
+ACL = _acl((1, 6, ANY), (2, 4, 1000), (4, 4, ANY), (0x10, 4, ANY), (0x20, 0, ANY))
+
+
+def test_clones_keep_acls(ovl_factory: OvlFactory) -> None:
+    """POSIX ACLs (access and default) come along, as with ``cp -a``: lower and upper
+    sources, and after ``upper seal`` under kernel overlayfs."""
+
+    def prepare(o: Ovl) -> None:
+        (o.lower1 / "acl").mkdir()
+        (o.lower1 / "acl/f").write_bytes(b"acl\n")
+        os.setxattr(o.lower1 / "acl/f", "system.posix_acl_access", ACL)
+        os.setxattr(o.lower1 / "acl", "system.posix_acl_default", ACL)
+
+    o = ovl_factory(standard=False, prepare=prepare)
+    with open(o.m("acl/up"), "w") as f:
+        f.write("upper\n")
+    os.setxattr(o.m("acl/up"), "system.posix_acl_access", ACL)
+    clone(o.m("acl"), o.m("c"))
+    clone(o.m("acl/f"), o.m("f2"))
+    clone(o.m("acl/up"), o.m("up2"))
+    src = view(o.m("acl"))
+    assert src["f"][6] == [("system.posix_acl_access", ACL)]
+    assert src["up"][6] == [("system.posix_acl_access", ACL)]
+    assert src["."][6] == [("system.posix_acl_default", ACL)]
+    assert view(o.m("c")) == src
+    assert view(o.m("f2"))["."] == src["f"]
+    assert view(o.m("up2"))["."] == src["up"]
+    views = {name: view(o.m(name)) for name in ("acl", "c", "f2", "up2")}
+    _seal_and_compare(o, views)
 
 
 def test_clones_of_files_and_errors(ovl: Ovl) -> None:

@@ -1,9 +1,11 @@
-"""kill -9 of the daemon while clones are made and first written through.
+"""kill -9 of the daemon while clones (and lazy ``copy_file_range`` copies) are made and
+first written through.
 
 A writer process clones a lower tree and a merged one (whose upper files are shared with
 the clone) again and again, writing 4 KiB into each clone's files; the daemon is killed
 in the middle. After a remount every name shows its old or its new content, never a mix,
 never the other side's change; the sources are as they were, the scratch area is clean.
+A copier does the same with ``copy_file_range`` of whole lower files (lazy copies).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyfuse3
 import pytest
 
 from tests.fuse.conftest import Ovl, OvlFactory
@@ -107,3 +110,57 @@ def test_kill_9_during_clones_and_first_writes(ovl_factory: OvlFactory) -> None:
         if _is_clone(name) and name[0] == "m":
             with open(o.m(f"{name}/u0"), "rb") as f:
                 assert f.read(1) == b"U", name
+
+
+COPIER = r"""
+import os, sys
+mnt, nfiles = sys.argv[1], int(sys.argv[2])
+i = 0
+while True:
+    for j in range(nfiles):
+        src = os.open(os.path.join(mnt, "tree", f"f{j}"), os.O_RDONLY)
+        dst = os.open(os.path.join(mnt, f"k{i}.{j}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.copy_file_range(src, dst, 1 << 30)
+        os.pwrite(dst, b"N" * 4096, 8192)
+        os.close(src)
+        os.close(dst)
+    i += 1
+"""
+
+
+def test_kill_9_during_lazy_copy_file_range(ovl_factory: OvlFactory) -> None:
+    """``copy_file_range`` of whole lower files, made lazy (``--no-passthrough``), then a
+    first write, with the daemon killed in the middle: each copy is empty (its map came
+    first, its size last), or whole, or whole with the write."""
+    assert hasattr(pyfuse3.Operations, "copy_file_range"), (
+        "pyfuse3 lacks third_party/pyfuse3/copyrange.patch: run make venv"
+    )
+    o = ovl_factory(standard=False, prepare=_prepare, mount=False)
+    o.extra_args = ("--no-passthrough",)
+    pid = o.mount_detached()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    copier = subprocess.Popen([sys.executable, "-c", COPIER, o.m(), str(NFILES)], env=env)
+
+    def several_copies() -> bool:
+        return sum(name.startswith("k") for name in os.listdir(o.upper)) >= 3 * NFILES
+
+    try:
+        wait_for(several_copies, [o.upper], 120, "copies being made")
+    finally:
+        o.kill_daemon(pid)
+        copier.kill()
+        copier.wait()
+    lazy = [n for n in os.listdir(o.upper) if n.startswith("k") and _has_map(o.upper / n)]
+    assert lazy, "no copy was made lazily"
+    o.mount()
+    names = [n for n in os.listdir(o.m()) if n.startswith("k")]
+    assert len(names) >= 3 * NFILES
+    for name in names:
+        if os.path.getsize(o.m(name)) == 0:
+            continue  # created, killed before its copy was whole
+        _check(o.m(name), b"L")
+    assert not [n for n in os.listdir(o.scratch) if n.startswith("tmp.")]
+
+
+def _has_map(path: Path) -> bool:
+    return any(key.endswith(".overlayboot.chunks") for key in os.listxattr(path))
