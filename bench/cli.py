@@ -6,12 +6,16 @@ import dataclasses
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from bench.options import QUICK, SYSTEMS, Options
+from bench.scale import SYSTEMS as SCALE_SYSTEMS
+from bench.scale import ScaleOptions
+from bench.scale import execute as scale_run
 from bench.suite import execute
 from overlayboot.errors import OverlaybootError
 
@@ -30,8 +34,23 @@ def _cpus(value: str) -> tuple[int, ...] | None:
     return tuple(int(c) for c in value.split(","))
 
 
+def _scale_options(opts: Options, given: Mapping[str, object]) -> ScaleOptions:
+    """The scale run's options: its own sizes, unless --files/--dirs/--reps/--comp say."""
+    keep = {k: v for k, v in given.items() if k in ("files", "dirs", "reps", "comp")}
+    systems = tuple(s for s in opts.systems if s in SCALE_SYSTEMS)
+    return dataclasses.replace(
+        ScaleOptions(systems=systems, cpus=opts.cpus, overlayboot_args=opts.overlayboot_args),
+        **keep,  # type: ignore[arg-type]
+    )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Smoke run (~2 min): small sizes.")
+@click.option(
+    "--scale",
+    is_flag=True,
+    help="Instead of the suite: the 1,000,000-file walk and the daemons' memory (bench/scale.py).",
+)
 @click.option("--reps", type=int, help="Repetitions of every figure (default 5).")
 @click.option("--big-mib", type=int, help="Large lower file, MiB (default 1024).")
 @click.option("--files", type=int, help="Small lower files (default 20000).")
@@ -74,6 +93,7 @@ def _cpus(value: str) -> tuple[int, ...] | None:
 @click.option("--rebuild", is_flag=True, help="Rebuild the lower image even if one fits.")
 def main(
     quick: bool,
+    scale: bool,
     systems: str,
     cpus: str,
     ob_args: tuple[str, ...],
@@ -102,6 +122,8 @@ def main(
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     try:
+        if scale:
+            sys.exit(scale_run(_scale_options(opts, given), base, results, rebuild))
         sys.exit(execute(opts, base, results, rebuild))
     except KeyboardInterrupt:
         sys.exit("bench: interrupted (everything it mounted is unmounted)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
-from overlayboot.fs import longpath
+from overlayboot.fs import longpath, sysio
 from overlayboot.fs.config import OverlayConfig
 from overlayboot.fs.inodes import (
     REAL_MASK,
@@ -77,6 +77,7 @@ class Overlay:
         self.scratch = os.fsencode(cfg.scratch)
         self.layers = [LowerLayer(i, os.fsencode(p), cfg.xattrs) for i, p in enumerate(cfg.lowers)]
         self.table = InodeTable()
+        self.table.on_shrink = self._forget_caches
         self.lock = FastLock()
         self._tmp_seq = 0
         # set once a copy-up by path (copyup.ensure_upper_dirs) made upper dirs for nodes it
@@ -146,6 +147,13 @@ class Overlay:
 
     def upper_child(self, parent: Node, name: bytes) -> bytes:
         return self.upper_path(parent) + b"/" + name
+
+    def _forget_caches(self) -> None:
+        """The kernel forgot most inodes (``drop_caches``, memory pressure): so do we, down
+        to the lower layers' listings and lstat results, and the C heap gives it back."""
+        for layer in self.layers:
+            layer.forget_caches()
+        sysio.malloc_trim()
 
     def lower_path(self, node: Node) -> bytes:
         if not node.lowers:

@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from overlayboot.fs.lookup import LowerRef
 
@@ -31,6 +31,8 @@ TAG_UPPER = 1
 TAG_DYNAMIC = 0xFF
 TAG_OVERFLOW = 0xFE
 TAG_CLONE = 0xFD
+
+COMPACT_ABOVE = 50_000  # nodes: a smaller table is not worth copying
 
 log = logging.getLogger("overlayboot.fs")
 _overflow: dict[tuple[int, int], int] = {}
@@ -77,13 +79,14 @@ class Node:
     """One merged inode. Mutable: copy-up, rename and unlink change it in place."""
 
     __slots__ = (
+        "_lower_at",
+        "_lowers",
         "aliases",
         "clone",
         "dead",
         "handles",
         "ino",
         "is_dir",
-        "lowers",
         "name",
         "nchildren",
         "nlookup",
@@ -99,10 +102,11 @@ class Node:
         self.is_dir = is_dir
         self.parent: Node | None = None
         self.name = b""
-        self.aliases: list[tuple[Node, bytes]] = []
+        self.aliases: tuple[tuple[Node, bytes], ...] = ()  # shared empty tuple: no list each
         self.clone = 0  # the clone this node is seen in (0: none; see fs/clone.py)
         self.upper = False
-        self.lowers: tuple[LowerRef, ...] = ()
+        self._lowers: tuple[LowerRef, ...] = ()
+        self._lower_at = -1  # >= 0: the lower is ``join(parent's _lowers[at], name)``
         self.opaque = False
         self.redirect: bytes | None = None
         self.nlookup = 0
@@ -131,6 +135,37 @@ class Node:
         parts.reverse()
         return b"/".join(parts)
 
+    @property
+    def lowers(self) -> tuple[LowerRef, ...]:
+        """The merge stack of a directory, or the one lower file a non-directory shows
+        (empty when the upper has it or there is none)."""
+        at = self._lower_at
+        if at < 0:
+            return self._lowers
+        idx, parent_rel = self._lowers[at]
+        return ((idx, parent_rel + b"/" + self.name if parent_rel else self.name),)
+
+    @lowers.setter
+    def lowers(self, value: tuple[LowerRef, ...]) -> None:
+        # A non-directory's one lower usually is its parent's lower joined with its name:
+        # then only a reference to the parent's stack is kept (no path, no tuples; a
+        # million cached inodes spare ~200 MB). Pinned before the name or parent changes.
+        self._lowers, self._lower_at = value, -1
+        parent = self.parent
+        if len(value) != 1 or self.is_dir or parent is None or not parent.is_dir:
+            return
+        idx, rel = value[0]
+        stack = parent._lowers if parent._lower_at < 0 else ()
+        for at, (pidx, prel) in enumerate(stack):
+            if pidx == idx and rel == (prel + b"/" + self.name if prel else self.name):
+                self._lowers, self._lower_at = stack, at
+                return
+
+    def pin_lowers(self) -> None:
+        """Keep the lower path itself: the name or the parent is about to change."""
+        if self._lower_at >= 0:
+            self._lowers, self._lower_at = self.lowers, -1
+
     def names(self) -> Iterator[tuple[Node, bytes]]:
         if self.parent is not None:
             yield self.parent, self.name
@@ -146,6 +181,8 @@ class InodeTable:
 
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
+        self._peak = 0  # the most nodes since the table was last compacted
+        self.on_shrink: Callable[[], None] | None = None  # called after a compaction
         self._dynamic = itertools.count(1)
         self.overrides: dict[int, int] = {}
         root = Node(ROOT_INO, True)
@@ -185,6 +222,7 @@ class InodeTable:
         if node is None:
             node = Node(ino, is_dir)
             self.nodes[ino] = node
+            self._peak = max(self._peak, len(self.nodes))
         return node
 
     def add_name(self, node: Node, parent: Node, name: bytes) -> None:
@@ -193,25 +231,27 @@ class InodeTable:
         if any(p is parent and n == name for p, n in node.aliases):
             return
         if node.parent is None:
+            node.pin_lowers()
             node.parent, node.name = parent, name
         elif node.is_dir:
             # a directory has one name: the kernel has moved it
             self._unref_parent(node.parent)
             node.parent, node.name = parent, name
         else:
-            node.aliases.append((parent, name))
+            node.aliases += ((parent, name),)
         parent.nchildren += 1
 
     def remove_name(self, node: Node, parent: Node, name: bytes) -> None:
         """``parent/name`` no longer names ``node`` (unlink, rename away)."""
         if node.parent is parent and node.name == name:
+            node.pin_lowers()
             if node.aliases:
-                node.parent, node.name = node.aliases.pop(0)
+                (node.parent, node.name), node.aliases = node.aliases[0], node.aliases[1:]
             else:
                 node.parent, node.name = None, b""
         else:
             before = len(node.aliases)
-            node.aliases = [(p, n) for p, n in node.aliases if not (p is parent and n == name)]
+            node.aliases = tuple((p, n) for p, n in node.aliases if not (p is parent and n == name))
             if len(node.aliases) == before:
                 return
         self._unref_parent(parent)
@@ -222,12 +262,13 @@ class InodeTable:
         new_parent, new_name = new
         old_parent, old_name = old
         if node.parent is old_parent and node.name == old_name:
+            node.pin_lowers()
             node.parent, node.name = new_parent, new_name
         else:
-            node.aliases = [
+            node.aliases = tuple(
                 (new_parent, new_name) if (p is old_parent and n == old_name) else (p, n)
                 for p, n in node.aliases
-            ]
+            )
         new_parent.nchildren += 1
         self._unref_parent(old_parent)
 
@@ -248,6 +289,14 @@ class InodeTable:
         if self.nodes.get(node.ino) is not node:
             return
         del self.nodes[node.ino]
+        if len(self.nodes) < self._peak // 4 and self._peak > COMPACT_ABOVE:
+            # a dict never shrinks by deletion: after the kernel forgot most of a big walk
+            # (drop_caches, memory pressure) a copy gives the memory back
+            self.nodes = dict(self.nodes)
+            self._peak = len(self.nodes)
+            if self.on_shrink is not None:
+                self.on_shrink()
         for parent, _ in list(node.names()):
             self._unref_parent(parent)
-        node.parent, node.aliases = None, []
+        node.pin_lowers()
+        node.parent, node.aliases = None, ()

@@ -23,9 +23,14 @@ from overlayboot.fs.whiteout import (
     opaque_value,
 )
 
-STAT_CACHE_MAX = 200_000
-"""lstat results kept per lower layer (about 50 MB at most): the daemon of a root must not
-grow without bound while something walks the whole image."""
+STAT_CACHE_MAX = 20_000
+"""lstat results kept per lower layer (about 700 bytes each, 14 MB at most): the daemon of
+a root must not grow without bound while something walks the whole image. A lookup and the
+GETATTR after it meet here; a walk of a million files gains nothing from more."""
+
+LISTING_CACHE_MAX = 250_000
+"""Directory entries kept in listings per lower layer (about 90 bytes each): beyond it the
+listings are read again (a walk reads each directory's once, for all its names)."""
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -57,6 +62,7 @@ class LowerLayer:
         self.root = root.rstrip(b"/") or b"/"
         self.names = names
         self._cache: dict[bytes, Listing | None] = {}
+        self._listed = 0  # entries in the listings of _cache
         self._stats: dict[bytes, os.stat_result] = {}
 
     def path(self, rel: bytes) -> bytes:
@@ -71,7 +77,12 @@ class LowerLayer:
         except KeyError:
             pass
         result = self._read(rel)
+        size = len(result.entries) + 1 if result is not None else 1
+        if self._listed + size > LISTING_CACHE_MAX:
+            self._cache.clear()
+            self._listed = 0
         self._cache[rel] = result
+        self._listed += size
         return result
 
     def _read(self, rel: bytes) -> Listing | None:
@@ -125,6 +136,12 @@ class LowerLayer:
                     continue
                 entries[name] = False
         return entries, whiteouts, opaque
+
+    def forget_caches(self) -> None:
+        """Drop every listing and lstat result (the kernel forgot most of what it knew)."""
+        self._cache = {}
+        self._listed = 0
+        self._stats = {}
 
     def lstat(self, rel: bytes) -> os.stat_result:
         """lstat of a lower object, read once: a lower layer does not change."""

@@ -31,6 +31,14 @@ def renameat2(
         raise OSError(err, os.strerror(err), old, None, new)
 
 
+def malloc_trim() -> None:
+    """Give the C heap's free pages back to the system (glibc keeps freed memory in the
+    middle of its heap mapped: after a big structure is freed, RSS would stay)."""
+    trim = getattr(_libc, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+
+
 AT_EMPTY_PATH = 0x1000
 AT_SYMLINK_FOLLOW = 0x400
 _linkat = _libc.linkat

@@ -45,5 +45,8 @@ patch -s -p1 < "$HERE/fallocate.patch"  # fallocate (a block device's discard), 
 patch -s -p1 < "$HERE/dirino.patch"  # directories read without OPENDIR, on top
 patch -s -p1 < "$HERE/copyrange.patch"  # copy_file_range (cp --reflink, clones), on top
 rm -f src/pyfuse3/__init__.c   # generated from the patched .pyx by the build
+# -g0: Python's own CFLAGS ask for debug info, which doubles the compile time (27 -> 13 s
+# of CPU) and makes the module 4.2 MB instead of 0.9 MB (the initramfs carries it)
+export CFLAGS="${CFLAGS:-} -g0"
 SETUPTOOLS_SCM_PRETEND_VERSION="$VERSION+$LOCAL" "$PY" -m pip install -q .
 echo "pyfuse3 $VERSION+$LOCAL installed (patched: third_party/pyfuse3/overlayboot.patch, tmpfile.patch, fallocate.patch, dirino.patch, copyrange.patch)"
