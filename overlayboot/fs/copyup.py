@@ -191,6 +191,7 @@ async def copy_up(overlay: Overlay, node: Node, *, data: bool = True, unshare: b
             pass
         try:
             await link_siblings(overlay, idx, lower_ino, dst)
+            link_known_names(overlay, node, (idx, lower_ino), dst)
         except OSError as exc:
             log.warning("copy-up of %r: could not link its other names: %s", rel, exc)
         # the names left in the lower (under a renamed directory, say) still count, as
@@ -245,6 +246,36 @@ async def link_siblings(overlay: Overlay, idx: int, ino: int, upper_file: bytes)
         times = KeepTimes(parent_upper[0])
         longpath.link(upper_file, parent_upper[0] + b"/" + name)
         times.restore()
+
+
+def link_known_names(
+    overlay: Overlay, node: Node, lower_file: tuple[int, int], upper_file: bytes
+) -> None:
+    """Link the other names the kernel knows ``node`` by to its new upper copy.
+
+    ``link_siblings`` finds names by their lower paths; a name under a renamed directory
+    is not found that way, yet the kernel may hold it in its dentry cache and ask for
+    the node's attributes through it, without a lookup that would link it
+    (``link_pending``): so every name the node table has is linked now.
+    """
+    idx, lower_ino = lower_file
+    for parent, name in list(node.names()):
+        parent_rel = None if parent.clone else parent.path()
+        if parent_rel is None:
+            continue
+        found = ensure_upper_dirs(overlay, parent_rel)
+        if found is None:
+            continue
+        res = lookup(overlay.layers, overlay.names, found[0], found[1], name)
+        if res is None or res.upper is not None or res.is_dir or len(res.lowers) != 1:
+            continue  # the copied name itself, already linked, or another file now
+        lidx, lrel = res.lowers[0]
+        if lidx != idx or overlay.layers[lidx].lstat(lrel).st_ino != lower_ino:
+            continue
+        times = KeepTimes(found[0])
+        longpath.link(upper_file, found[0] + b"/" + name)
+        times.restore()
+        parent.upper = True
 
 
 def link_pending(

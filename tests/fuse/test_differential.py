@@ -238,3 +238,31 @@ def test_fixed_sequence_matches_kernel(lowers: list[Path], tmp_path: Path, subje
         session.finish()
     # The sequence checks the reference too: the expected errors did happen.
     assert outcomes[11] == "ENOTEMPTY" and outcomes[19] == "EEXIST", session.history
+
+
+# -- cases the random runs found, replayed --------------------------------------
+
+FOUND: dict[str, list[tuple[str, tuple[object, ...]]]] = {
+    # a hard-linked lower file's other name, under a renamed directory and cached by the
+    # kernel, was not linked to the copy-up that unlinking the first name made: ENOENT
+    "hardlink-under-renamed-dir": [
+        ("mkfifo", ("n1", 0o600)),
+        ("rename", ("dir", "n1", "exchange")),
+        ("read", ("n1/hl_b",)),
+        ("unlink", ("hl_a",)),
+        ("read", ("n1/hl_b",)),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOUND))
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_found_cases_match_kernel(
+    lowers: list[Path], tmp_path: Path, subject: str, case: str
+) -> None:
+    session = DiffSession(subject, lowers, tmp_path / "found").start()
+    try:
+        for name, args in FOUND[case]:
+            session.step(Op(name, args))
+    finally:
+        session.finish()
