@@ -4,8 +4,10 @@ boot): attach one, find the ones over a file, detach one."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
+from overlayboot.errors import BlockError
 from overlayboot.run import run
 
 SYS_BLOCK = Path("/sys/block")
@@ -40,5 +42,13 @@ def devices_of(file: Path) -> list[str]:
     return found
 
 
-def detach(device: str) -> None:
+def detach(device: str, timeout: float = 30.0) -> None:
+    """Detach ``device`` and wait until it has let go of its file: a device still open
+    (an unmount's last release, a udev probe) is only marked to detach at its last close,
+    and until then its file, in the device's FUSE mount, keeps that mount busy."""
     run(["losetup", "--detach", device])
+    deadline = time.monotonic() + timeout
+    while backing_file(device) is not None:
+        if time.monotonic() > deadline:
+            raise BlockError(f"{device} still holds its file {timeout:.0f} s after detach")
+        time.sleep(0.02)
