@@ -25,6 +25,20 @@ def loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(steal, total) CPU ticks of the machine so far (/proc/stat's first line): the time
+    the hypervisor gave this VM's CPUs to others shows as steal."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
+
+
+def steal_percent(start: tuple[int, int], end: tuple[int, int]) -> float:
+    """The share of CPU time stolen by the hypervisor between two ``cpu_ticks``."""
+    total = end[1] - start[1]
+    return 100.0 * (end[0] - start[0]) / total if total > 0 else 0.0
+
+
 def _cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):

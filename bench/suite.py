@@ -190,6 +190,7 @@ class Conditions:
     load_start: list[float]
     load_end: list[float]
     elapsed: float
+    steal_pct: float  # CPU time the hypervisor gave others (FUSE round trips suffer most)
 
 
 def _header(opts: Options, cond: Conditions) -> list[str]:
@@ -204,7 +205,8 @@ def _header(opts: Options, cond: Conditions) -> list[str]:
         f"pyfuse3 {versions['pyfuse3']}, libfuse {versions['libfuse3']}, "
         f"fuse-overlayfs {versions['fuse-overlayfs']}, overlayboot {versions['overlayboot_git']}",
         SHARED_NOTE,
-        f"loadavg {cond.load_start[0]:.2f} at start, {cond.load_end[0]:.2f} at end; CPUs: {pin}; "
+        f"loadavg {cond.load_start[0]:.2f} at start, {cond.load_end[0]:.2f} at end; "
+        f"CPU steal {cond.steal_pct:.1f} %; CPUs: {pin}; "
         f"{opts.reps} reps, systems interleaved (order rotated each rep); "
         f"runtime {cond.elapsed / 60:.1f} min",
         "cells: median ±(max-min)/median; ob/X: overlayboot's speed relative to X "
@@ -248,6 +250,7 @@ def _report(
         "machine": cond.info,
         "shared_machine": True,
         "loadavg": {"start": cond.load_start, "end": cond.load_end},
+        "cpu_steal_pct": round(cond.steal_pct, 2),
         "runtime_s": round(cond.elapsed, 1),
         "options": opts.as_json(),
         "systems": systems,
@@ -264,6 +267,7 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
     t_start = time.monotonic()
     info = machine.describe()
     load_start = machine.loadavg()
+    ticks_start = machine.cpu_ticks()
     notes: list[str] = []
     systems = _available(opts.systems, notes)
     bench = _prepare(opts, base, rebuild, notes)
@@ -271,7 +275,8 @@ def execute(opts: Options, base: Path, results: Path, rebuild: bool) -> int:
     boot: tuple[list[Metric], Samples] = ([], {})
     if opts.build_reps > 0:
         boot = run_boot_build(opts, base, bench.notes)
-    cond = Conditions(info, load_start, machine.loadavg(), time.monotonic() - t_start)
+    steal = machine.steal_percent(ticks_start, machine.cpu_ticks())
+    cond = Conditions(info, load_start, machine.loadavg(), time.monotonic() - t_start, steal)
     record = _report(bench, systems, boot, cond)
     _write_results(results, record, opts.quick)
     return 0
