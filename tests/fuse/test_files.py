@@ -24,6 +24,7 @@ from tests.fuse.helpers import (
     BOTH,
     KINDS,
     OURS,
+    as_user,
     blocks_bytes,
     errno_of,
     fallocate,
@@ -171,6 +172,28 @@ def test_chown_clears_setuid(ovl: Ovl) -> None:
     st = os.lstat(ovl.m("suid"))
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1000, 1000, 0o755)
     assert stat.S_IMODE(os.lstat(ovl.u("suid")).st_mode) == 0o755
+
+
+# every write path of the daemon (passthrough, the daemon's own, a partial copy-up's),
+# against kernel overlayfs: a write by a user who is not the owner drops set-user-ID and
+# (with group execute) set-group-ID, as on any local filesystem
+@pytest.mark.parametrize(
+    "ovl",
+    ["kernel", "overlayboot", "overlayboot-chunked", "overlayboot-nopassthrough"],
+    indirect=True,
+)
+def test_unprivileged_write_clears_setuid_and_setgid(ovl: Ovl) -> None:
+    os.chmod(ovl.m("suid"), 0o6777)
+
+    def append() -> int:
+        with open(ovl.m("suid"), "ab") as f:
+            return f.write(b"# more\n")
+
+    assert as_user(1000, 1000, append) == 7
+    for path in (ovl.m("suid"), ovl.u("suid")):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o777, path
+    with open(ovl.m("suid"), "rb") as f:
+        assert f.read().endswith(b"# more\n")
 
 
 # -- open files across copy-up and unlink -------------------------------------------
