@@ -15,6 +15,7 @@ import pickle
 import stat
 import struct
 import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -321,3 +322,15 @@ def upper_bytes(upper_file: str | Path, lowers: list[Path]) -> bytes:
         src = data[start:stop] if start // cs in mapped else lower[start:stop]
         out[start : start + len(src)] = src
     return bytes(out)
+
+
+def overlayboot_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m overlayboot ARGS…`` as a user runs it: text output, 120 s at most."""
+    argv = [sys.executable, "-m", "overlayboot", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def seal_upper(upper: Path) -> None:
+    """``overlayboot upper seal UPPER`` (the lower from the maps' records); it must work."""
+    r = overlayboot_cli("upper", "seal", str(upper))
+    assert r.returncode == 0, r.stderr

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse.conftest import Ovl, OvlFactory
-from tests.fuse.helpers import CHUNKS_XATTR, blocks_bytes, errno_of, upper_bytes
+from tests.fuse.helpers import CHUNKS_XATTR, blocks_bytes, errno_of, overlayboot_cli, upper_bytes
 from tests.mounts import have_fuse, have_kernel_overlay, overlay_mount
 from tests.waiting import wait_for
 
@@ -65,11 +65,6 @@ def _has_map(path: str) -> bool:
     except OSError:
         return False
     return True
-
-
-def _overlayboot(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "overlayboot", *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 # -- fsx ----------------------------------------------------------------------------------
@@ -190,7 +185,7 @@ def test_fsx_random_io_matches_a_model(
     assert upper_bytes(o.u("f"), o.lowers) == bytes(fsx.model)
     o.umount()
     if _has_map(o.u("f")):
-        r = _overlayboot("upper", "seal", "--lower", ":".join(map(str, o.lowers)), str(o.upper))
+        r = overlayboot_cli("upper", "seal", "--lower", ":".join(map(str, o.lowers)), str(o.upper))
         assert r.returncode == 0, r.stderr
     assert not _has_map(o.u("f"))
     assert _read(o.u("f")) == bytes(fsx.model)
@@ -332,7 +327,7 @@ def test_seal_refuses_an_upper_kernel_overlayfs_has_mounted(ovl_factory: OvlFact
     if not have_kernel_overlay():
         pytest.skip("kernel overlayfs is not available")
     o = ovl_factory("kernel")
-    r = _overlayboot("upper", "seal", str(o.upper))
+    r = overlayboot_cli("upper", "seal", str(o.upper))
     assert r.returncode == 3 and f"a kernel overlay mount ({o.m()})" in r.stderr, r
 
 
@@ -347,17 +342,17 @@ def test_seal_then_kernel_overlayfs_shows_the_same(ovl_factory: OvlFactory) -> N
     want = _read(o.m("big"))
     mtime = os.lstat(o.m("big")).st_mtime_ns
     lowers = ":".join(map(str, o.lowers))
-    r = _overlayboot("upper", "seal", "--lower", lowers, str(o.upper))
+    r = overlayboot_cli("upper", "seal", "--lower", lowers, str(o.upper))
     assert r.returncode == 3 and "in use" in r.stderr, r  # not while mounted
     o.umount()
-    r = _overlayboot("upper", "check", str(o.upper))  # lower from the map's record
+    r = overlayboot_cli("upper", "check", str(o.upper))  # lower from the map's record
     assert r.returncode == 0 and "partial  big" in r.stdout, r
     # kernel overlayfs on an unsealed upper would show holes: seal first
-    r = _overlayboot("upper", "seal", str(o.upper))
+    r = overlayboot_cli("upper", "seal", str(o.upper))
     assert r.returncode == 0 and "sealed   big" in r.stdout, r
     assert not _has_map(o.u("big"))
     assert os.lstat(o.u("big")).st_mtime_ns == mtime
-    r = _overlayboot("upper", "check", str(o.upper))
+    r = overlayboot_cli("upper", "check", str(o.upper))
     assert r.returncode == 0 and r.stdout.startswith("0 partial copy-ups"), r
     with overlay_mount("kernel", o.lowers, o.upper, o.base / "kwork", o.base / "kmnt") as k:
         assert _read(str(k / "big")) == want
@@ -389,11 +384,11 @@ def test_a_changed_lower_is_detected_never_mixed(tmp_path: Path) -> None:
     with open(lower / "big", "r+b") as f:
         f.write(b"\x00" * 4096)
     os.utime(lower / "big", ns=(st.st_atime_ns, st.st_mtime_ns))
-    r = _overlayboot("upper", "check", "--lower", str(lower), str(upper))
+    r = overlayboot_cli("upper", "check", "--lower", str(lower), str(upper))
     assert r.returncode == 6, r
     assert "PROBLEM  big" in r.stdout and "changed" in r.stdout
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("overlayboot: error:")
-    r = _overlayboot("upper", "seal", str(upper))
+    r = overlayboot_cli("upper", "seal", str(upper))
     assert r.returncode == 6 and "FAILED   big" in r.stdout, r
     assert _has_map(str(upper / "big"))
     with overlay_mount("overlayboot", [lower], upper, work, mnt):

@@ -18,7 +18,6 @@ import errno
 import os
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from overlayboot.fs.clonereq import REQUEST_XATTR
 from tests.fuse.clonetree import clone, clone_cli, inos, upper_bytes, view
 from tests.fuse.conftest import Ovl, OvlFactory
-from tests.fuse.helpers import as_user, xattrs
+from tests.fuse.helpers import as_user, seal_upper, xattrs
 from tests.mounts import have_fuse, have_kernel_overlay
 
 pytestmark = [
@@ -51,12 +50,7 @@ def _read_bytes(path: str) -> bytes:
 def _seal_and_compare(o: Ovl, expected: dict[str, dict[str, object]]) -> None:
     """Unmount, seal, and check kernel overlayfs shows ``expected`` (rel -> view)."""
     o.umount()
-    r = subprocess.run(
-        [sys.executable, "-m", "overlayboot", "upper", "seal", str(o.upper)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
+    seal_upper(o.upper)
     for dirpath, _dirs, files in os.walk(o.upper):
         for name in files:
             p = os.path.join(dirpath, name)

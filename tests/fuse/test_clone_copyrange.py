@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from tests.fuse.clonetree import upper_bytes
 from tests.fuse.conftest import Ovl, OvlFactory
+from tests.fuse.helpers import seal_upper
 from tests.mounts import have_fuse
 
 pytestmark = [
@@ -160,12 +160,7 @@ def test_copy_file_range_of_a_lower_file_is_lazy(ovl_factory: OvlFactory) -> Non
     o.remount()
     _check_copies(o, o.mnt)
     o.umount()
-    r = subprocess.run(
-        [sys.executable, "-m", "overlayboot", "upper", "seal", str(o.upper)],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stderr
+    seal_upper(o.upper)
     _check_copies(o, o.upper)
 
 

@@ -19,7 +19,6 @@ import itertools
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +34,7 @@ from hypothesis.stateful import (
 
 from overlayboot.clonecmd import CloneError
 from tests.fuse.clonetree import clone
+from tests.fuse.helpers import seal_upper
 from tests.mounts import have_fuse, have_kernel_overlay, overlay_mount
 
 EXAMPLES = int(os.environ.get("OVERLAYBOOT_CLONE_EXAMPLES", "10"))
@@ -341,12 +341,7 @@ class CloneModel(RuleBasedStateMachine):
             self.mount()
             assert read_tree(self.mnt) == self.model
             self.umount()
-            r = subprocess.run(
-                [sys.executable, "-m", "overlayboot", "upper", "seal", str(self.upper)],
-                capture_output=True,
-                text=True,
-            )
-            assert r.returncode == 0, r.stderr
+            seal_upper(self.upper)
             if have_kernel_overlay():
                 assert kernel_view(self.lowers, self.upper, self.base) == self.model
             self.same_links(self.upper)

@@ -11,7 +11,6 @@ import select
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,16 +18,10 @@ import pytest
 
 from overlayboot.fs.daemon import pid_file
 from tests.fuse.conftest import Ovl, OvlFactory
-from tests.fuse.helpers import BOTH, errno_of
+from tests.fuse.helpers import BOTH, errno_of, overlayboot_cli
 from tests.mounts import overlayboot_argv
 
 pytestmark = pytest.mark.fuse
-
-
-def _overlayboot(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "overlayboot", *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess[str], code: int, words: str) -> None:
@@ -63,7 +56,9 @@ def test_the_lock_goes_with_a_killed_daemon(ovl_factory: OvlFactory) -> None:
 
 
 def test_upper_seal_refuses_an_upper_in_use(ovl: Ovl) -> None:
-    proc = _overlayboot("upper", "seal", "--lower", ":".join(map(str, ovl.lowers)), str(ovl.upper))
+    proc = overlayboot_cli(
+        "upper", "seal", "--lower", ":".join(map(str, ovl.lowers)), str(ovl.upper)
+    )
     assert proc.returncode != 0
     assert "in use" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
@@ -90,7 +85,7 @@ def test_a_root_daemon_ignores_termination_signals(ovl_factory: OvlFactory) -> N
         )
         assert int(status["VmLck"].split()[0]) > 0, status["VmLck"]
     finally:
-        proc = _overlayboot("umount", str(o.mnt))
+        proc = overlayboot_cli("umount", str(o.mnt))
         assert proc.returncode == 0, proc.stderr
     assert not pid_file(o.mnt).exists()
 
@@ -126,7 +121,7 @@ def test_the_pid_file_is_there_when_mount_returns(ovl_factory: OvlFactory) -> No
         pid = int(pid_file(o.mnt).read_text())  # no wait: written before mount returned
         os.kill(pid, 0)
     finally:
-        proc = _overlayboot("umount", str(o.mnt))
+        proc = overlayboot_cli("umount", str(o.mnt))
         assert proc.returncode == 0, proc.stderr
 
 
