@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyfuse3
@@ -71,24 +72,32 @@ def _check(path: str, old: bytes) -> None:
     assert data == old * SIZE or (data == new and data[:8192] == old * 8192), path
 
 
+def _kill_daemon_during(
+    o: Ovl, pid: int, script: str, far_enough: Callable[[], bool], what: str
+) -> None:
+    """Run ``script`` (MNT NFILES) against the mount until ``far_enough``, then kill -9
+    the daemon (pid ``pid``) and the script."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", script, o.m(), str(NFILES)], env=env)
+    try:
+        wait_for(far_enough, [o.upper], 120, what)
+    finally:
+        o.kill_daemon(pid)
+        proc.kill()
+        proc.wait()
+
+
 def test_kill_9_during_clones_and_first_writes(ovl_factory: OvlFactory) -> None:
     o = ovl_factory(standard=False, prepare=_prepare, mount=False)
     pid = o.mount_detached()
     for j in range(NFILES):  # the merged source's files live in the upper
         with open(o.m(f"merged/u{j}"), "wb") as f:
             f.write(b"U" * SIZE)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, o.m(), str(NFILES)], env=env)
 
     def several_clones() -> bool:
         return sum(_is_clone(name) for name in os.listdir(o.upper)) >= 6
 
-    try:
-        wait_for(several_clones, [o.upper], 120, "clones being made")
-    finally:
-        o.kill_daemon(pid)
-        writer.kill()
-        writer.wait()
+    _kill_daemon_during(o, pid, WRITER, several_clones, "clones being made")
     o.mount()
     names = os.listdir(o.m())
     assert sum(_is_clone(n) and n[0] == "c" for n in names) >= 3
@@ -138,18 +147,11 @@ def test_kill_9_during_lazy_copy_file_range(ovl_factory: OvlFactory) -> None:
     o = ovl_factory(standard=False, prepare=_prepare, mount=False)
     o.extra_args = ("--no-passthrough",)
     pid = o.mount_detached()
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    copier = subprocess.Popen([sys.executable, "-c", COPIER, o.m(), str(NFILES)], env=env)
 
     def several_copies() -> bool:
         return sum(name.startswith("k") for name in os.listdir(o.upper)) >= 3 * NFILES
 
-    try:
-        wait_for(several_copies, [o.upper], 120, "copies being made")
-    finally:
-        o.kill_daemon(pid)
-        copier.kill()
-        copier.wait()
+    _kill_daemon_during(o, pid, COPIER, several_copies, "copies being made")
     lazy = [n for n in os.listdir(o.upper) if n.startswith("k") and _has_map(o.upper / n)]
     assert lazy, "no copy was made lazily"
     o.mount()
