@@ -237,15 +237,7 @@ async def link_siblings(overlay: Overlay, idx: int, ino: int, upper_file: bytes)
     for other in (await hardlink_map(overlay, idx)).get(ino, []):
         # the name just copied up (whichever it was) is found in the upper and skipped
         parent_rel, name = split(other)
-        parent_upper = ensure_upper_dirs(overlay, parent_rel)
-        if parent_upper is None:
-            continue
-        res = lookup(overlay.layers, overlay.names, parent_upper[0], parent_upper[1], name)
-        if res is None or res.upper is not None or res.is_dir or res.lowers != ((idx, other),):
-            continue  # that name is deleted, replaced or not the same file in the merged view
-        times = KeepTimes(parent_upper[0])
-        longpath.link(upper_file, parent_upper[0] + b"/" + name)
-        times.restore()
+        _link_if_same(overlay, parent_rel, name, (idx, ino), upper_file)
 
 
 def link_known_names(
@@ -258,24 +250,36 @@ def link_known_names(
     the node's attributes through it, without a lookup that would link it
     (``link_pending``): so every name the node table has is linked now.
     """
-    idx, lower_ino = lower_file
     for parent, name in list(node.names()):
         parent_rel = None if parent.clone else parent.path()
-        if parent_rel is None:
-            continue
-        found = ensure_upper_dirs(overlay, parent_rel)
-        if found is None:
-            continue
-        res = lookup(overlay.layers, overlay.names, found[0], found[1], name)
-        if res is None or res.upper is not None or res.is_dir or len(res.lowers) != 1:
-            continue  # the copied name itself, already linked, or another file now
-        lidx, lrel = res.lowers[0]
-        if lidx != idx or overlay.layers[lidx].lstat(lrel).st_ino != lower_ino:
-            continue
-        times = KeepTimes(found[0])
-        longpath.link(upper_file, found[0] + b"/" + name)
-        times.restore()
-        parent.upper = True
+        if parent_rel is not None and _link_if_same(
+            overlay, parent_rel, name, lower_file, upper_file
+        ):
+            parent.upper = True
+
+
+def _link_if_same(
+    overlay: Overlay,
+    parent_rel: bytes,
+    name: bytes,
+    lower_file: tuple[int, int],
+    upper_file: bytes,
+) -> bool:
+    """Link ``parent_rel/name`` to ``upper_file`` if the merged view still shows the lower
+    file ``lower_file`` (layer, inode) there, from the lower only; whether it did."""
+    found = ensure_upper_dirs(overlay, parent_rel)
+    if found is None:
+        return False
+    res = lookup(overlay.layers, overlay.names, found[0], found[1], name)
+    if res is None or res.upper is not None or res.is_dir or len(res.lowers) != 1:
+        return False  # deleted, the copied name itself, already linked, or replaced
+    idx, rel = res.lowers[0]
+    if idx != lower_file[0] or overlay.layers[idx].lstat(rel).st_ino != lower_file[1]:
+        return False  # another file now
+    times = KeepTimes(found[0])
+    longpath.link(upper_file, found[0] + b"/" + name)
+    times.restore()
+    return True
 
 
 def link_pending(
