@@ -4,6 +4,7 @@ the helper logs to a file of its own."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -44,3 +45,17 @@ def log_to(log_file: Path | None) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def helper_parser(prog: str, target: str, target_type: type = str) -> argparse.ArgumentParser:
+    """The arguments every boot helper takes: the URL, where it puts the result
+    (``target``), the source address and patience, the log, the pid file, --foreground."""
+    ap = argparse.ArgumentParser(prog=prog)
+    ap.add_argument("url")
+    ap.add_argument(target, type=target_type)
+    ap.add_argument("--address", default="")
+    ap.add_argument("--patience", type=float, default=30)
+    ap.add_argument("--log", type=Path, default=None)
+    ap.add_argument("--pid-file", type=Path, default=None)
+    ap.add_argument("--foreground", action="store_true")
+    return ap

@@ -33,7 +33,7 @@ import trio
 
 from overlayboot.fs import survive
 from overlayboot.net.chunkcache import ChunkCache
-from overlayboot.net.detach import detach, log_to, ready
+from overlayboot.net.detach import detach, helper_parser, log_to, ready
 from overlayboot.net.fetch import target_of
 from overlayboot.net.httpio import HttpError, RangeClient, Remote
 
@@ -182,17 +182,10 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m overlayboot.net.httpfs")
-    ap.add_argument("url")
-    ap.add_argument("mountpoint", type=Path)
-    ap.add_argument("--address", default="")
+    ap = helper_parser("python -m overlayboot.net.httpfs", "mountpoint", Path)
     ap.add_argument("--cache", type=int, default=64 << 20)
-    ap.add_argument("--log", type=Path, default=None)
-    ap.add_argument("--patience", type=float, default=30)
     ap.add_argument("--ca", default="", help="https: the CA the server's certificate must chain to")
     ap.add_argument("--as-root", action="store_true")
-    ap.add_argument("--pid-file", type=Path, default=None)
-    ap.add_argument("--foreground", action="store_true")
     args = ap.parse_args(argv)
     log_to(args.log)
     return serve(args)

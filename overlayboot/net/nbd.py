@@ -27,11 +27,10 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from overlayboot.errors import OverlaybootError
 from overlayboot.fs import survive
-from overlayboot.net.detach import detach, log_to, ready
+from overlayboot.net.detach import detach, helper_parser, log_to, ready
 from overlayboot.net.lower import parse_lower
 
 log = logging.getLogger("overlayboot.net.nbd")
@@ -205,14 +204,7 @@ def do_it(dev: int, device: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m overlayboot.net.nbd")
-    ap.add_argument("url")
-    ap.add_argument("device")
-    ap.add_argument("--address", default="")
-    ap.add_argument("--patience", type=float, default=30)
-    ap.add_argument("--log", type=Path, default=None)
-    ap.add_argument("--pid-file", type=Path, default=None)
-    ap.add_argument("--foreground", action="store_true")
+    ap = helper_parser("python -m overlayboot.net.nbd", "device")
     args = ap.parse_args(argv)
     log_to(args.log)
     return serve(args)
